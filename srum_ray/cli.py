@@ -1,0 +1,136 @@
+"""``srum-ray``: the command line.
+
+    srum-ray run --config configs/tiny.yaml [key.path=value ...]
+    srum-ray run --resume RUN_DIR [run.rounds=N]
+    srum-ray check --config configs/tiny.yaml [key.path=value ...]
+    srum-ray show RUN_DIR [--round N]
+
+Every config, prompt-file, checkpoint-path or run-directory problem is reported as one line
+``srum-ray: error: ...`` with exit status 2, before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from srum_ray.config.load import ConfigError, load_config
+from srum_ray.preflight import PreflightError, check_config
+from srum_ray.rundir import RunDir, RunDirError
+
+#: keys a resumed run may change; anything else would make the rounds inconsistent
+RESUMABLE_KEYS = ("run.rounds", "run.progress", "run.device")
+
+USER_ERRORS = (ConfigError, PreflightError, RunDirError)
+
+
+def _setup_logging() -> None:
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S",
+        stream=sys.stderr,
+    )
+    for noisy in ("diffusers", "transformers", "httpx", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def _resume_config(run_dir: RunDir, overrides: Sequence[str]):
+    for item in overrides:
+        key = item.split("=", 1)[0].strip()
+        if key not in RESUMABLE_KEYS:
+            raise ConfigError(
+                f"cannot change {key} when resuming (allowed: {', '.join(RESUMABLE_KEYS)})"
+            )
+    return run_dir.load_config(overrides)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    if args.resume:
+        run_dir = RunDir.open_for_resume(args.resume)
+        cfg = _resume_config(run_dir, args.overrides)
+        check_config(cfg, check_output=False)
+        if args.overrides:
+            from srum_ray.config.load import dump_config
+
+            dump_config(cfg, run_dir.path / "config.yaml")
+    else:
+        if not args.config:
+            raise ConfigError("run needs --config FILE (or --resume RUN_DIR)")
+        cfg = load_config(args.config, args.overrides)
+        check_config(cfg)
+        run_dir = RunDir.create(cfg)
+    _setup_logging()
+    log = logging.getLogger("srum_ray")
+    log.info("run directory: %s", run_dir.path)
+    from srum_ray.loop import RoundLoop  # heavy imports only after the checks passed
+
+    loop = RoundLoop(cfg, run_dir)
+    loop.run()
+    print(run_dir.path)
+    return 0
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.overrides)
+    n = check_config(cfg)
+    print(f"config ok: {n} prompts, {cfg.run.rounds} rounds, backend {cfg.model.backend}")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    rd = RunDir.open_for_resume(args.run_dir)
+    state = rd.state()
+    rounds = [args.round] if args.round is not None else range(state["last_completed_round"] + 1)
+    print(f"{rd.path}: {state['last_completed_round'] + 1} rounds complete, "
+          f"weights version {state['weights_version']}, learner step {state['global_step']}")
+    for r in rounds:
+        if not rd.round_dir(r).is_dir():
+            raise RunDirError(f"round {r} is not complete in {rd.path}")
+        print(f"\nround {r}  ({rd.round_dir(r)}/overview.png)")
+        print(f"  {'id':<18} {'v':>2} {'global':>7} {'alpha':>6} {'boxes':>5} {'kept':>4} "
+              f"{'scores':<30} prompt")
+        for rec in rd.read_samples(r):
+            scores = ",".join("-" if s is None else f"{s:+.1f}" for s in rec.region_scores)
+            g = "miss" if rec.global_score is None else f"{rec.global_score:+.2f}"
+            a = "-" if rec.alpha is None else f"{rec.alpha:.2f}"
+            print(f"  {rec.id:<18} {rec.weights_version:>2} {g:>7} {a:>6} {len(rec.boxes):>5} "
+                  f"{sum(rec.kept):>4} {scores[:30]:<30} {rec.prompt[:60]}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="srum-ray", description=__doc__.split("\n")[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    run = sub.add_parser("run", help="run SRUM rounds in one process")
+    run.add_argument("--config", help="YAML config (see configs/)")
+    run.add_argument("--resume", metavar="RUN_DIR", help="continue a run after its last completed round")
+    run.add_argument("overrides", nargs="*", help="key.path=value overrides")
+    run.set_defaults(func=cmd_run)
+    chk = sub.add_parser("check", help="validate a config and the paths it names, load nothing")
+    chk.add_argument("--config", required=True)
+    chk.add_argument("overrides", nargs="*")
+    chk.set_defaults(func=cmd_check)
+    show = sub.add_parser("show", help="summarize a run directory")
+    show.add_argument("run_dir")
+    show.add_argument("--round", type=int)
+    show.set_defaults(func=cmd_show)
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except USER_ERRORS as e:
+        print(f"srum-ray: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("srum-ray: interrupted; resume with `srum-ray run --resume RUN_DIR`", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

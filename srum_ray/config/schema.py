@@ -1,0 +1,179 @@
+"""Typed configuration: one dataclass per component.
+
+Every field carries its allowed values in ``metadata`` (``choices`` or a numeric range via
+``ge``/``gt``/``le``); :mod:`srum_ray.config.load` checks them and rejects unknown keys,
+naming the key path. Defaults follow SPEC section 2.5 (the paper's recipe) unless a comment
+says otherwise; ``configs/tiny.yaml`` sizes everything down for a CPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+def choice(default, *choices):
+    """A field restricted to ``choices``."""
+    return field(default=default, metadata={"choices": tuple(choices)})
+
+
+def rng(default, *, ge=None, gt=None, le=None, lt=None, factory=None):
+    """A numeric field restricted to a range."""
+    meta = {k: v for k, v in {"ge": ge, "gt": gt, "le": le, "lt": lt}.items() if v is not None}
+    if factory is not None:
+        return field(default_factory=factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+@dataclass
+class RunConfig:
+    name: str = "srum"
+    output_dir: str = "runs"
+    seed: int = rng(0, ge=0)
+    rounds: int = rng(1, ge=1)
+    device: str = choice("auto", "auto", "cpu", "cuda")
+    dtype: str = choice("float32", "float32", "bfloat16", "float16")
+    progress: bool = True
+
+
+@dataclass
+class DataConfig:
+    #: prompt files (.txt one prompt a line, '#' comments; or .jsonl with a "prompt" key);
+    #: relative paths are resolved against the current working directory
+    prompts: list[str] = field(default_factory=list)
+    prompts_per_round: int = rng(8, ge=1)
+    images_per_prompt: int = rng(1, ge=1)
+    shuffle: bool = True
+
+
+@dataclass
+class TinyModelConfig:
+    """Random-weight models built from config (the ``tiny`` backend)."""
+
+    image_size: int = choice(64, 32, 64, 128)
+    latent_channels: int = rng(4, ge=1, le=16)
+    transformer_layers: int = rng(2, ge=1, le=8)
+    transformer_heads: int = rng(2, ge=1, le=8)
+    head_dim: int = rng(16, ge=4, le=64)
+    text_hidden: int = rng(32, ge=8, le=256)
+    text_max_length: int = rng(32, ge=8, le=128)
+    vlm_hidden: int = rng(64, ge=16, le=512)
+    vlm_layers: int = rng(2, ge=1, le=8)
+    vision_image_size: int = choice(32, 32, 64)
+    seed: int = rng(0, ge=0)
+
+
+@dataclass
+class ModelConfig:
+    backend: str = choice("tiny", "tiny")
+    #: checkpoint directory of a real model (other backends); must exist when set
+    checkpoint: str | None = None
+    tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+
+
+@dataclass
+class GenerationConfig:
+    num_inference_steps: int = rng(28, ge=1, le=1000)
+    guidance_scale: float = rng(1.0, ge=0.0)
+    #: timestep shift s of the sampler: shifted t = s t / (1 + (s - 1) t)
+    shift: float = rng(4.0, gt=0.0)
+    batch_size: int = rng(8, ge=1)
+
+
+@dataclass
+class SamConfig:
+    #: "tiny" builds a random-weight SAM in memory (tests, the tiny run)
+    model_type: str = choice("vit_b", "tiny", "vit_b", "vit_l", "vit_h")
+    checkpoint: str | None = None
+    points_per_side: int = rng(32, ge=1, le=64)
+    pred_iou_thresh: float = rng(0.88, ge=0.0, le=1.0)
+    stability_score_thresh: float = rng(0.95, ge=0.0, le=1.0)
+    box_nms_thresh: float = rng(0.7, ge=0.0, le=1.0)
+    min_mask_region_area: int = rng(0, ge=0)
+
+
+@dataclass
+class GrounderConfig:
+    kind: str = choice("sam", "sam", "model", "none")
+    #: keep the largest N boxes by area (public code: 10)
+    max_boxes: int = rng(10, ge=1, le=100)
+    #: drop boxes smaller than this fraction of the image
+    min_box_area_frac: float = rng(0.0, ge=0.0, lt=1.0)
+    sam: SamConfig = field(default_factory=SamConfig)
+
+
+@dataclass
+class FilterConfig:
+    #: ask the understanding module whether each box is about the prompt (the paper does,
+    #: the public code skips it)
+    enabled: bool = True
+    max_new_tokens: int = rng(4, ge=1, le=64)
+    #: what an unparseable yes/no answer does to the box (counted either way)
+    on_unparsed: str = choice("keep", "keep", "drop")
+
+
+@dataclass
+class JudgeConfig:
+    #: "free": the model writes the whole answer and the parser reads it; "guided": the judge
+    #: writes the answer skeleton and the model fills the object name freely and the score
+    #: under a numeric constraint (for small models that do not keep formats)
+    answer_mode: str = choice("free", "free", "guided")
+    max_new_tokens: int = rng(256, ge=1, le=4096)
+    #: bounded retries for scores that could not be parsed
+    max_retries: int = rng(2, ge=0, le=10)
+    #: retries sample at this temperature (greedy retries would repeat the same answer)
+    retry_temperature: float = rng(0.7, ge=0.0, le=2.0)
+    #: what a region score that stays missing becomes
+    on_missing_region: str = choice("drop_region", "drop_region", "neutral", "drop_sample")
+    #: what a global score that stays missing becomes
+    on_missing_global: str = choice("drop_sample", "drop_sample", "neutral")
+    batch_size: int = rng(16, ge=1)
+
+
+@dataclass
+class RewardConfig:
+    convention: str = choice("paper", "paper", "public_code")
+    #: how overlapping boxes combine; "default" = the convention's own rule
+    overlap: str = choice("default", "default", "max", "mean", "min", "last")
+    ablation: str = choice(
+        "none", "none", "sample_level", "binarized", "no_global", "no_constraint", "sft"
+    )
+
+
+@dataclass
+class TrainConfig:
+    engine: str = choice("torch", "torch")
+    steps_per_round: int = rng(4, ge=1)
+    batch_size: int = rng(4, ge=1)
+    lr: float = rng(2.5e-5, gt=0.0, le=1.0)
+    warmup_steps: int = rng(500, ge=0)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95], metadata={"len": 2, "ge": 0.0, "lt": 1.0})
+    eps: float = rng(1e-15, gt=0.0, le=1e-3)
+    weight_decay: float = rng(0.0, ge=0.0)
+    grad_clip: float = rng(1.0, gt=0.0)
+    #: weight of the constraint term L_ref (the paper's best: 0.5)
+    lambda_c: float = rng(0.5, ge=0.0)
+    #: timestep shift used when sampling training times
+    timestep_shift: float = rng(4.0, gt=0.0)
+    timestep_sampling: str = choice("uniform", "uniform", "logit_normal")
+
+
+@dataclass
+class OutputConfig:
+    #: the picture per image with boxes, scores and reward map
+    overlays: bool = True
+    #: keep the checkpoint of every round (False: only the latest)
+    keep_all_checkpoints: bool = True
+
+
+@dataclass
+class SrumConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
+    grounder: GrounderConfig = field(default_factory=GrounderConfig)
+    filter: FilterConfig = field(default_factory=FilterConfig)
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    output: OutputConfig = field(default_factory=OutputConfig)

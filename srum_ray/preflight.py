@@ -1,0 +1,64 @@
+"""Checks that run before anything expensive: every path a config names, the prompts, the
+output directory. Each failure is one line naming the key and the problem."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from srum_ray.config.schema import SrumConfig
+from srum_ray.data import PromptFileError, load_prompts
+
+
+class PreflightError(ValueError):
+    """A config names something that cannot work (message names key and path)."""
+
+
+def _check_readable(key: str, path: str, want_dir: bool | None = None) -> None:
+    p = Path(path)
+    if not p.exists():
+        raise PreflightError(f"{key}: path not found: {p}")
+    if want_dir is True and not p.is_dir():
+        raise PreflightError(f"{key}: expected a directory, got a file: {p}")
+    if want_dir is False and not p.is_file():
+        raise PreflightError(f"{key}: expected a file, got a directory: {p}")
+    if not os.access(p, os.R_OK):
+        raise PreflightError(f"{key}: not readable: {p}")
+    if p.is_file():
+        try:
+            with open(p, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise PreflightError(f"{key}: cannot read {p}: {e.strerror}") from e
+
+
+def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
+    """Raise :class:`PreflightError` on the first problem; return the number of prompts."""
+    try:
+        n = len(load_prompts(cfg.data.prompts))
+    except PromptFileError as e:
+        raise PreflightError(f"data.prompts: {e}") from e
+    if cfg.model.checkpoint is not None:
+        _check_readable("model.checkpoint", cfg.model.checkpoint, want_dir=True)
+    if cfg.grounder.kind == "sam":
+        sam = cfg.grounder.sam
+        if sam.checkpoint is not None:
+            _check_readable("grounder.sam.checkpoint", sam.checkpoint, want_dir=False)
+        elif sam.model_type != "tiny":
+            raise PreflightError(
+                f"grounder.sam.checkpoint is required for grounder.sam.model_type={sam.model_type} "
+                "(only model_type=tiny builds a random SAM without a checkpoint)"
+            )
+    if cfg.train.batch_size > cfg.data.prompts_per_round * cfg.data.images_per_prompt:
+        raise PreflightError(
+            f"train.batch_size = {cfg.train.batch_size} is larger than a round's samples "
+            f"({cfg.data.prompts_per_round} prompts x {cfg.data.images_per_prompt} images)"
+        )
+    if check_output:
+        out = Path(cfg.run.output_dir)
+        probe = out
+        while not probe.exists():
+            probe = probe.parent
+        if not os.access(probe, os.W_OK):
+            raise PreflightError(f"run.output_dir: cannot write under {probe}")
+    return n

@@ -1,0 +1,145 @@
+"""The stages of one SRUM round as functions on :class:`~srum_ray.types.RolloutBatch`.
+
+generate -> propose -> filter -> judge -> reward. Each takes the role object it needs (a
+generator, grounder, box filter, judge) and a batch, fills the records' fields for its stage
+and returns the batch. The single-process loop calls them in order; the Ray actors wrap the
+same calls, so both paths share this code.
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from srum_ray.config.schema import JudgeConfig, RewardConfig
+from srum_ray.data import SampleSpec
+from srum_ray.grounding.base import Grounder
+from srum_ray.judging.filter import BoxFilter
+from srum_ray.judging.judge import Judge
+from srum_ray.models.base import GenerationModel
+from srum_ray.rewards import dense_reward_map, resolve_missing, reward_stats, sample_weight_map
+from srum_ray.types import FILTERED, Box, RolloutBatch, SampleRecord
+
+
+def generate_stage(
+    generator: GenerationModel, specs: Sequence[SampleSpec], round_index: int
+) -> RolloutBatch:
+    """Draw one image per spec with the generator's current weights."""
+    out = generator.generate([s.prompt for s in specs], [s.seed for s in specs])
+    records = [
+        SampleRecord(
+            id=s.id,
+            round=round_index,
+            prompt=s.prompt,
+            seed=s.seed,
+            weights_version=generator.weights_version,
+            width=img.width,
+            height=img.height,
+        )
+        for s, img in zip(specs, out.images)
+    ]
+    return RolloutBatch(records=records, latents=out.latents, cond=out.cond, images=out.images)
+
+
+def _boxes(rec: SampleRecord) -> list[Box]:
+    return [Box.from_list(b) for b in rec.boxes]
+
+
+def propose_stage(grounder: Grounder, batch: RolloutBatch) -> RolloutBatch:
+    """Region proposals: ``records[i].boxes`` (pixel [x0, y0, x1, y1])."""
+    boxes = grounder.propose(batch.images, [r.prompt for r in batch.records])
+    for rec, bs in zip(batch.records, boxes):
+        rec.boxes = [b.as_list() for b in bs]
+        rec.kept = [True] * len(bs)
+    return batch
+
+
+def filter_stage(box_filter: BoxFilter, batch: RolloutBatch) -> RolloutBatch:
+    """The understanding module keeps only boxes about the prompt (``records[i].kept``)."""
+    kept, raw = box_filter.filter(
+        batch.images, [r.prompt for r in batch.records], [_boxes(r) for r in batch.records]
+    )
+    for rec, k, a in zip(batch.records, kept, raw):
+        rec.kept = list(k)
+        rec.filter_raw = list(a)
+    return batch
+
+
+def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
+    """Global and local scores, raw answers and parse statuses into the records."""
+    verdicts = judge.judge(
+        batch.images,
+        [r.prompt for r in batch.records],
+        [_boxes(r) for r in batch.records],
+        [list(r.kept) if r.kept else [True] * len(r.boxes) for r in batch.records],
+    )
+    for rec, v in zip(batch.records, verdicts):
+        rec.global_score = v.global_score
+        rec.region_scores = list(v.region_scores)
+        rec.region_objects = list(v.region_objects)
+        rec.judge_raw = {"global": list(v.global_raw), "regions": list(v.region_raw)}
+        rec.parse = {"global": v.global_status, "regions": list(v.region_status)}
+    return batch
+
+
+def reward_stage(
+    batch: RolloutBatch, reward_cfg: RewardConfig, judge_cfg: JudgeConfig
+) -> tuple[RolloutBatch, list[np.ndarray], dict[str, int]]:
+    """Dense maps R (image resolution, before alpha) and loss weights alpha * R (latent grid).
+
+    Filtered boxes are not painted. Missing scores follow ``judge_cfg.on_missing_*``; a
+    sample dropped by that policy gets ``trained = False`` and weight 0.
+
+    Returns:
+        The batch with ``weights [B, 1, h, w]`` set, the list of R maps ``[H, W]`` float32,
+        and counts of how missing scores were handled.
+    """
+    if batch.latents is None:
+        raise ValueError("reward_stage needs the batch's latents (for the latent grid)")
+    h, w = batch.latents.shape[-2:]
+    maps: list[np.ndarray] = []
+    weights: list[torch.Tensor] = []
+    totals: dict[str, int] = {}
+    for rec in batch.records:
+        kept_idx = [i for i, k in enumerate(rec.kept) if k] if rec.kept else list(range(len(rec.boxes)))
+        boxes = [Box.from_list(rec.boxes[i]) for i in kept_idx]
+        scores = [rec.region_scores[i] if i < len(rec.region_scores) else None for i in kept_idx]
+        map_scores, g, drop, counts = resolve_missing(
+            scores, rec.global_score, judge_cfg.on_missing_region, judge_cfg.on_missing_global
+        )
+        for k, v in counts.items():
+            totals[k] = totals.get(k, 0) + int(v)
+        R = dense_reward_map(rec.height, rec.width, boxes, map_scores, reward_cfg.convention, reward_cfg.overlap)
+        rec.convention = reward_cfg.convention
+        rec.overlap = reward_cfg.overlap
+        rec.ablation = reward_cfg.ablation
+        if drop:
+            rec.trained = False
+            rec.drop_reason = "missing score (judge.on_missing_*)"
+            rec.alpha = None
+            weight = torch.zeros(1, 1, h, w)
+        else:
+            weight, alpha = sample_weight_map(R, g, reward_cfg.convention, reward_cfg.ablation, (h, w))
+            rec.alpha = float(alpha)
+        rec.reward_stats = reward_stats(R, rec.alpha, weight)
+        maps.append(R.astype(np.float32))
+        weights.append(weight.reshape(1, 1, h, w).float())
+    batch.weights = torch.cat(weights, dim=0) if weights else None
+    return batch, maps, totals
+
+
+# Statuses that count as a failure to parse, for metrics.
+def parse_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
+    """Counts of parse statuses over a round (global_* and region_*)."""
+    out: dict[str, int] = {}
+    for rec in records:
+        g = rec.parse.get("global")
+        if g is not None:
+            out[f"global_{g}"] = out.get(f"global_{g}", 0) + 1
+        for s in rec.parse.get("regions", []):
+            if s == FILTERED:
+                continue
+            out[f"region_{s}"] = out.get(f"region_{s}", 0) + 1
+    return out

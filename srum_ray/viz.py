@@ -1,0 +1,100 @@
+"""Pictures a person would rather look at than read: image, boxes, scores and reward map.
+
+Only PIL and numpy. Colours: boxes are green for positive scores, red for negative, grey for
+filtered boxes and amber for missing scores; the reward map uses a blue (negative) - white
+(neutral) - red (positive) scale around the convention's neutral value.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from srum_ray.types import SampleRecord
+
+PANEL = 256
+CAPTION = 44
+
+
+def _font() -> ImageFont.ImageFont:
+    return ImageFont.load_default()
+
+
+def diverging_rgb(values: np.ndarray, neutral: float, span: float) -> np.ndarray:
+    """Map ``values [H, W]`` to RGB uint8: blue below ``neutral``, white at it, red above.
+
+    ``span`` is the distance from neutral to full colour.
+    """
+    x = np.clip((values - neutral) / max(span, 1e-8), -1.0, 1.0)
+    pos, neg = np.clip(x, 0, 1), np.clip(-x, 0, 1)
+    r = 255 * (1 - neg)
+    g = 255 * (1 - np.maximum(pos, neg))
+    b = 255 * (1 - pos)
+    return np.stack([r, g, b], axis=-1).astype(np.uint8)
+
+
+def _box_colour(score: float | None, kept: bool) -> tuple[int, int, int]:
+    if not kept:
+        return (150, 150, 150)
+    if score is None:
+        return (255, 176, 0)
+    return (0, 200, 60) if score >= 0 else (230, 30, 30)
+
+
+def overlay_picture(image: Image.Image, rec: SampleRecord, reward_map: np.ndarray) -> Image.Image:
+    """Two panels (image with boxes, reward map blended over it) and a caption.
+
+    Args:
+        image: the generated RGB image.
+        rec: its record (boxes, kept flags, region scores, global score, alpha).
+        reward_map: ``[H, W]`` R before alpha.
+    """
+    scale = PANEL / max(image.width, image.height)
+    size = (round(image.width * scale), round(image.height * scale))
+    base = image.convert("RGB").resize(size, Image.NEAREST)
+    left = base.copy()
+    draw = ImageDraw.Draw(left)
+    font = _font()
+    for i, box in enumerate(rec.boxes):
+        kept = rec.kept[i] if i < len(rec.kept) else True
+        score = rec.region_scores[i] if i < len(rec.region_scores) else None
+        colour = _box_colour(score, kept)
+        xy = [v * scale for v in box]
+        draw.rectangle([xy[0], xy[1], xy[2] - 1, xy[3] - 1], outline=colour, width=2)
+        label = f"{i}:" + ("filtered" if not kept else ("?" if score is None else f"{score:+.2f}"))
+        draw.text((xy[0] + 3, xy[1] + 2), label, fill=colour, font=font)
+    neutral, span = (0.5, 0.5) if rec.convention == "public_code" else (0.0, 1.0)
+    heat = Image.fromarray(diverging_rgb(reward_map, neutral, span)).resize(size, Image.NEAREST)
+    right = Image.blend(base, heat, 0.65)
+    out = Image.new("RGB", (size[0] * 2 + 6, size[1] + CAPTION), "white")
+    out.paste(left, (0, 0))
+    out.paste(right, (size[0] + 6, 0))
+    d = ImageDraw.Draw(out)
+    g = "missing" if rec.global_score is None else f"{rec.global_score:+.2f}"
+    a = "-" if rec.alpha is None else f"{rec.alpha:.2f}"
+    prompt = rec.prompt if len(rec.prompt) <= 80 else rec.prompt[:77] + "..."
+    d.text((4, size[1] + 4), prompt, fill="black", font=font)
+    status = "" if rec.trained else "  (not trained: " + (rec.drop_reason or "dropped") + ")"
+    d.text(
+        (4, size[1] + 22),
+        f"global {g}  alpha {a}  v{rec.weights_version}  {rec.convention}/{rec.overlap}{status}",
+        fill="black",
+        font=font,
+    )
+    return out
+
+
+def contact_sheet(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Image:
+    """Pictures on a grid (all assumed the same size as the first)."""
+    if not pictures:
+        return Image.new("RGB", (1, 1), "white")
+    w, h = pictures[0].size
+    cols = min(columns, len(pictures))
+    rows = math.ceil(len(pictures) / cols)
+    sheet = Image.new("RGB", (cols * w, rows * h), "white")
+    for i, p in enumerate(pictures):
+        sheet.paste(p, ((i % cols) * w, (i // cols) * h))
+    return sheet
