@@ -21,8 +21,8 @@ from tqdm.auto import tqdm
 from srum_ray.config.schema import SrumConfig
 from srum_ray.data import SampleSpec, load_prompts, round_samples
 from srum_ray.grounding import build_grounder
-from srum_ray.judging.filter import BoxFilter
-from srum_ray.judging.judge import Judge
+from srum_ray.judging.filter import BoxFilter, FilterStats
+from srum_ray.judging.judge import Judge, JudgeStats
 from srum_ray.learner.engine import Engine, TorchEngine
 from srum_ray.models.registry import build_model
 from srum_ray.rewards import effective_lambda_c
@@ -102,7 +102,7 @@ def build_roles(cfg: SrumConfig, device: str) -> Roles:
     return Roles(
         generator=model.generator,
         grounder=build_grounder(cfg.grounder, understanding=model.understanding, device=device),
-        box_filter=BoxFilter(model.understanding, cfg.filter),
+        box_filter=BoxFilter(model.understanding, cfg.filter, batch_size=cfg.judge.batch_size),
         judge=Judge(model.understanding, cfg.judge, seed=cfg.run.seed),
         engine=TorchEngine(model.generator, cfg.train, seed=cfg.run.seed),
     )
@@ -116,6 +116,8 @@ class RoundLoop:
         self.run_dir = run_dir
         self.prompts = load_prompts(cfg.data.prompts)
         self.device = resolve_device(cfg.run.device)
+        if cfg.run.cpu_threads:
+            torch.set_num_threads(cfg.run.cpu_threads)
         t0 = time.perf_counter()
         self.roles = roles or build_roles(cfg, self.device)
         log.info("built models on %s in %.1f s", self.device, time.perf_counter() - t0)
@@ -158,13 +160,18 @@ class RoundLoop:
             self.prompts, r, d.prompts_per_round, d.images_per_prompt, self.cfg.run.seed, d.shuffle
         )
 
-    def collect(self, r: int) -> tuple[RolloutBatch, dict[str, float], dict[str, int]]:
-        """Generate, propose, filter, judge and reward round ``r``, writing its artefacts."""
+    def collect(self, r: int) -> tuple[RolloutBatch, dict[str, float], dict[str, Any]]:
+        """Generate, propose, filter, judge and reward round ``r``, writing its artefacts.
+
+        Returns the rewarded batch, seconds per stage, and the round's counts (missing-score
+        policy, judge and filter counters).
+        """
         cfg, roles, rd = self.cfg, self.roles, self.run_dir
         specs = self._specs(r)
         rd.start_round(r)
         timings = {k: 0.0 for k in ("generate", "propose", "filter", "judge", "reward", "write")}
         missing: dict[str, int] = {}
+        judge_stats, filter_stats = JudgeStats(), FilterStats()
         parts: list[RolloutBatch] = []
         bar = tqdm(
             total=len(specs), desc=f"round {r + 1}/{cfg.run.rounds}", unit="img",
@@ -184,6 +191,8 @@ class RoundLoop:
                 t = time.perf_counter()
                 batch = fn(batch)
                 timings[name] += time.perf_counter() - t
+            judge_stats.add(roles.judge.stats)
+            filter_stats.add(roles.box_filter.stats)
             t = time.perf_counter()
             batch, maps, counts = reward_stage(batch, cfg.reward, cfg.judge)
             for k, v in counts.items():
@@ -207,7 +216,12 @@ class RoundLoop:
             d = rd.partial_round_dir(r)
             sheet = contact_sheet([Image.open(d / rec.overlay) for rec in batch.records])
             sheet.save(d / "overview.png")
-        return batch, timings, missing
+        counts = {
+            "missing_policy": missing,
+            "judge_stats": judge_stats.as_dict(),
+            "filter_stats": filter_stats.as_dict(),
+        }
+        return batch, timings, counts
 
     def learn(self, r: int, batch: RolloutBatch) -> list[dict[str, Any]]:
         """``train.steps_per_round`` optimizer steps on the round's trained samples."""
@@ -239,7 +253,7 @@ class RoundLoop:
     def run_round(self, r: int) -> dict[str, Any]:
         cfg, rd, roles = self.cfg, self.run_dir, self.roles
         t_round = time.perf_counter()
-        batch, timings, missing = self.collect(r)
+        batch, timings, counts = self.collect(r)
         t = time.perf_counter()
         steps = self.learn(r, batch)
         timings["train"] = time.perf_counter() - t
@@ -263,9 +277,7 @@ class RoundLoop:
             "ref_term_mean": _mean([s["ref_term"] for s in steps]),
             **round_summary(batch),
             "parse": parse_counts(batch.records),
-            "missing_policy": missing,
-            "judge_stats": roles.judge.stats.as_dict(),
-            "filter_stats": roles.box_filter.stats.as_dict(),
+            **counts,
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             "wall_s": round(wall, 3),
             "samples_per_s": len(batch) / wall if wall > 0 else None,

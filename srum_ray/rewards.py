@@ -369,14 +369,10 @@ def resolve_missing(
         ``region_missing``, ``region_dropped``, ``region_neutral``, ``global_missing``,
         ``global_neutral``, ``global_dropped`` and ``sample_dropped``.
     """
-    if on_missing_region not in _REGION_POLICIES:
-        raise ValueError(
-            f"unknown on_missing_region {on_missing_region!r}; allowed: {', '.join(_REGION_POLICIES)}"
-        )
-    if on_missing_global not in _GLOBAL_POLICIES:
-        raise ValueError(
-            f"unknown on_missing_global {on_missing_global!r}; allowed: {', '.join(_GLOBAL_POLICIES)}"
-        )
+    for what, name, allowed in (("on_missing_region", on_missing_region, _REGION_POLICIES),
+                                ("on_missing_global", on_missing_global, _GLOBAL_POLICIES)):
+        if name not in allowed:
+            raise ValueError(f"unknown {what} {name!r}; allowed: {', '.join(allowed)}")
     missing = sum(s is None for s in region_scores)
     counts = dict.fromkeys(
         ("region_missing", "region_dropped", "region_neutral", "global_missing",
@@ -407,7 +403,7 @@ def resolve_missing(
 
 def reward_stats(
     R: np.ndarray | torch.Tensor,
-    alpha: float,
+    alpha: float | None,
     weight: np.ndarray | torch.Tensor,
     convention: str = "paper",
 ) -> dict[str, float]:
@@ -415,13 +411,13 @@ def reward_stats(
 
     Args:
         R: dense map (any shape; usually ``[H, W]`` before alpha).
-        alpha: the alpha used.
+        alpha: the alpha used, or None (a dropped sample): then the ``alpha`` key is left out.
         weight: the loss weight (any shape; usually ``[1, 1, h, w]``).
         convention: sets the neutral value (0 for paper, 0.5 for public_code) that splits
             pixels into positive / negative / neutral shares.
 
     Returns:
-        ``alpha``, ``r_mean``/``r_min``/``r_max``, ``weight_mean``/``weight_min``/
+        ``alpha`` (when given), ``r_mean``/``r_min``/``r_max``, ``weight_mean``/``weight_min``/
         ``weight_max`` and ``frac_positive``/``frac_negative``/``frac_neutral`` of R.
     """
     neutral = get_convention(convention).neutral
@@ -430,8 +426,8 @@ def reward_stats(
     if r.numel() == 0 or wt.numel() == 0:
         raise ValueError("reward_stats needs a non-empty map and weight")
     n = float(r.numel())
-    return {
-        "alpha": float(alpha),
+    stats = {} if alpha is None else {"alpha": float(alpha)}
+    return stats | {
         "r_mean": float(r.mean()),
         "r_min": float(r.min()),
         "r_max": float(r.max()),

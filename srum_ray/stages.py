@@ -19,7 +19,13 @@ from srum_ray.grounding.base import Grounder
 from srum_ray.judging.filter import BoxFilter
 from srum_ray.judging.judge import Judge
 from srum_ray.models.base import GenerationModel
-from srum_ray.rewards import dense_reward_map, resolve_missing, reward_stats, sample_weight_map
+from srum_ray.rewards import (
+    ablation_needs_judging,
+    dense_reward_map,
+    resolve_missing,
+    reward_stats,
+    sample_weight_map,
+)
 from srum_ray.types import FILTERED, Box, RolloutBatch, SampleRecord
 
 
@@ -74,6 +80,8 @@ def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
         [r.prompt for r in batch.records],
         [_boxes(r) for r in batch.records],
         [list(r.kept) if r.kept else [True] * len(r.boxes) for r in batch.records],
+        # retry seeds follow the sample, not its position in whatever chunk a worker got
+        keys=[r.id for r in batch.records],
     )
     for rec, v in zip(batch.records, verdicts):
         rec.global_score = v.global_score
@@ -106,9 +114,12 @@ def reward_stage(
         kept_idx = [i for i, k in enumerate(rec.kept) if k] if rec.kept else list(range(len(rec.boxes)))
         boxes = [Box.from_list(rec.boxes[i]) for i in kept_idx]
         scores = [rec.region_scores[i] if i < len(rec.region_scores) else None for i in kept_idx]
-        map_scores, g, drop, counts = resolve_missing(
+        res = resolve_missing(
             scores, rec.global_score, judge_cfg.on_missing_region, judge_cfg.on_missing_global
         )
+        map_scores, g, counts = res.scores, res.global_score, res.counts
+        # sft never reads a score, so a missing one cannot be a reason to drop its sample
+        drop = res.drop_sample and ablation_needs_judging(reward_cfg.ablation)
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + int(v)
         R = dense_reward_map(rec.height, rec.width, boxes, map_scores, reward_cfg.convention, reward_cfg.overlap)
@@ -117,13 +128,13 @@ def reward_stage(
         rec.ablation = reward_cfg.ablation
         if drop:
             rec.trained = False
-            rec.drop_reason = "missing score (judge.on_missing_*)"
+            rec.drop_reason = res.drop_reason
             rec.alpha = None
             weight = torch.zeros(1, 1, h, w)
         else:
             weight, alpha = sample_weight_map(R, g, reward_cfg.convention, reward_cfg.ablation, (h, w))
             rec.alpha = float(alpha)
-        rec.reward_stats = reward_stats(R, rec.alpha, weight)
+        rec.reward_stats = reward_stats(R, rec.alpha, weight, convention=reward_cfg.convention)
         maps.append(R.astype(np.float32))
         weights.append(weight.reshape(1, 1, h, w).float())
     batch.weights = torch.cat(weights, dim=0) if weights else None

@@ -284,6 +284,8 @@ def test_reward_stats():
     assert s["r_mean"] == pytest.approx(-0.125) and s["r_min"] == -1.0 and s["r_max"] == 0.5
     assert s["weight_mean"] == pytest.approx(-0.0625) and s["weight_min"] == -0.5
     assert (s["frac_positive"], s["frac_negative"], s["frac_neutral"]) == (0.25, 0.25, 0.5)
+    assert s["alpha"] == 0.5
+    assert "alpha" not in reward_stats(R, None, torch.zeros(1, 1, 1, 1))  # dropped sample
     # public_code: neutral is 0.5
     s = reward_stats(np.array([0.5, 0.75, 0.25, 0.5]), 1.0, torch.ones(1), "public_code")
     assert (s["frac_positive"], s["frac_negative"], s["frac_neutral"]) == (0.25, 0.25, 0.5)

@@ -33,6 +33,8 @@ class RunConfig:
     device: str = choice("auto", "auto", "cpu", "cuda")
     dtype: str = choice("float32", "float32", "bfloat16", "float16")
     progress: bool = True
+    #: torch CPU threads (0 = torch's default); tiny models run fastest on 1
+    cpu_threads: int = rng(0, ge=0, le=512)
 
 
 @dataclass
@@ -56,7 +58,7 @@ class TinyModelConfig:
     head_dim: int = rng(16, ge=4, le=64)
     text_hidden: int = rng(32, ge=8, le=256)
     text_max_length: int = rng(32, ge=8, le=128)
-    vlm_hidden: int = rng(64, ge=16, le=512)
+    vlm_hidden: int = choice(64, 16, 32, 64, 128, 256, 512)
     vlm_layers: int = rng(2, ge=1, le=8)
     vision_image_size: int = choice(32, 32, 64)
     seed: int = rng(0, ge=0)

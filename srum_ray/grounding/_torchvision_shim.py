@@ -170,6 +170,10 @@ def _fake_modules() -> dict[str, types.ModuleType]:
     return mods
 
 
+def _is_torchvision(module_name: str) -> bool:
+    return module_name == "torchvision" or module_name.startswith("torchvision.")
+
+
 @contextlib.contextmanager
 def torchvision_shim() -> Iterator[bool]:
     """Supply the shim's torchvision modules for the duration of the block, if needed.
@@ -181,13 +185,13 @@ def torchvision_shim() -> Iterator[bool]:
     if real_torchvision_importable():
         yield False
         return
-    saved = {k: v for k, v in sys.modules.items() if k == "torchvision" or k.startswith("torchvision.")}
+    saved = {k: v for k, v in sys.modules.items() if _is_torchvision(k)}
     for k in saved:  # leftovers of a failed import
         del sys.modules[k]
     sys.modules.update(_fake_modules())
     try:
         yield True
     finally:
-        for k in [k for k in sys.modules if k == "torchvision" or k.startswith("torchvision.")]:
+        for k in [k for k in sys.modules if _is_torchvision(k)]:
             del sys.modules[k]
         sys.modules.update(saved)

@@ -8,8 +8,10 @@ Every function here takes any ``str`` and never raises. A score that cannot be r
   :data:`MAX_CHARS` characters are read.
 * A score is the number after the word ``score`` (``Score: 0.8``, ``**Score:** -0.5``,
   ``score = +.3``, ``Score (-1 to 1): 0.2``). Lines with ``:`` or ``=`` after the word are
-  preferred; ``score is 0.4`` / ``score 0.4`` is the fallback. The first such number wins.
-  A text that is nothing but a number (``"0.7"``, ``"**-0.2**"``) is read as that number.
+  preferred; ``score is 0.4`` / ``score 0.4`` is the fallback. The first READABLE such
+  number wins (``Score: NaN ... Score: 0.5`` -> 0.5); when every one is unreadable the first
+  one's error is reported. A text that is nothing but a number (``"0.7"``, ``"**-0.2**"``)
+  is read as that number.
 * Numbers: ``1``, ``-.5``, ``+0.3``, ``1e9``, ``0,5`` (decimal comma = 0.5), with ASCII
   ``-``, ``+`` or the Unicode minus ``\u2212`` as sign. Finite values are clamped to [-1, 1]
   (``1e9`` -> 1.0). ``NaN`` and ``inf`` (also overflow like ``1e999``) are missing.
@@ -19,10 +21,12 @@ Every function here takes any ``str`` and never raises. A score that cannot be r
   read as ``x``.
 * Regions: a block starts at ``Region <id>`` followed by ``:``, ``-``, ``)``, ``]`` or a
   line end (markdown around it is fine: ``**Region 2:**``, ``Region #2 -``). The block runs
-  to the next region header. Ids not asked for are ignored. If an id is answered twice the
-  FIRST block wins, whatever it holds. Asked ids with no block stay missing. When exactly
-  one id is asked and the text has no region header at all, the whole text is that
-  region's block (a model answering a single-region retry often drops the header).
+  to the next region header. Ids not asked for are ignored. If an id has several blocks,
+  the first block whose score can be read wins (so a model that first echoes the region
+  list, ``Region 1: [0, 0, 8, 8]``, and then answers is still read); when none can, the
+  first block gives the object name and the error. Asked ids with no block stay missing.
+  When exactly one id is asked and the text has no region header at all, the whole text is
+  that region's block (a model answering a single-region retry often drops the header).
 """
 
 from __future__ import annotations
@@ -54,7 +58,7 @@ _SCORE_LOOSE = re.compile(
     re.IGNORECASE,
 )
 _BARE = re.compile(rf"^[{_MARK}\s\"'(\[]*{_VALUE}[{_MARK}\s\"')\].]*$", re.IGNORECASE)
-_FIRST_NUMBER = re.compile(_VALUE, re.IGNORECASE)
+_LEADING_NUMBER = re.compile(rf"^[{_MARK}\s\"'(\[]*{_VALUE}", re.IGNORECASE)
 _AFTER_FRACTION = re.compile(
     r"[ \t]{0,3}(?:[/\u2044\u2215]|out[ \t]+of\b)[ \t]{0,3}([0-9]+(?:\.[0-9]+)?)", re.IGNORECASE
 )
@@ -62,7 +66,7 @@ _AFTER_PERCENT = re.compile(r"[ \t]{0,3}%")
 _AFTER_LIST = re.compile(r",[0-9]")
 _HEADER = re.compile(
     rf"\bregion[ \t]{{0,3}}(?:id[ \t]{{0,3}})?#?[ \t]{{0,3}}(?P<id>[0-9]{{1,6}})(?![0-9.,])"
-    rf"[{_MARK} \t]{{0,6}}(?:[(\[][^\n()\[\]]{{0,80}}[)\]][{_MARK} \t]{{0,6}})?"
+    rf"[{_MARK} \t]{{0,6}}(?:(?:\([^\n()]{{0,80}}\)|\[[^\n\[\]]{{0,80}}\])[{_MARK} \t]{{0,6}})?"
     rf"(?:[:\-)\]\u2013\u2014]|\n|$)",
     re.IGNORECASE,
 )
@@ -70,7 +74,9 @@ _OBJECT = re.compile(
     rf"\bobject(?:[ \t]+name)?[{_MARK} \t]{{0,6}}[:=][{_MARK} \t\"']*(?P<obj>[^;\n|]*)",
     re.IGNORECASE,
 )
-_REASON = re.compile(rf"\breason[{_MARK} \t]{{0,6}}[:=][{_MARK} \t]*(?P<reason>[^\n]*)", re.IGNORECASE)
+_REASON = re.compile(
+    rf"\breason[{_MARK} \t]{{0,6}}[:=][{_MARK} \t]*(?P<reason>[^\n]*)", re.IGNORECASE
+)
 # C0/C1 control characters (except \t and \n) and lone surrogates
 _CONTROL = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\ud800-\udfff]")
 _FIELD_KEYWORD = re.compile(r"\b(?:score|reason|region)\b", re.IGNORECASE)
@@ -151,9 +157,14 @@ def _value_from_match(m: re.Match, text: str) -> tuple[float | None, str | None]
 def _find_score(text: str) -> tuple[float | None, str | None]:
     """First score in normalised ``text`` (see module rules)."""
     for pattern in (_SCORE_STRICT, _SCORE_LOOSE):
-        m = pattern.search(text)
-        if m is not None:
-            return _value_from_match(m, text)
+        first_error = None
+        for m in pattern.finditer(text):
+            score, error = _value_from_match(m, text)
+            if score is not None:
+                return score, None
+            first_error = first_error or error
+        if first_error is not None:
+            return None, first_error
     m = _BARE.match(text)
     if m is not None:
         return _value_from_match(m, text)
@@ -235,32 +246,33 @@ def parse_local(text: object, region_ids: Iterable[int]) -> dict[int, ParsedRegi
     try:
         norm = normalize_text(text)
         headers = list(_HEADER.finditer(norm))
-        blocks: dict[int, str] = {}
+        out: dict[int, ParsedRegion] = {}
+        if not headers and len(wanted) == 1:
+            out[wanted[0]] = _parse_block(norm)
         for k, m in enumerate(headers):
             rid = int(m.group("id"))
+            if rid not in wanted or (rid in out and out[rid].score is not None):
+                continue
             end = headers[k + 1].start() if k + 1 < len(headers) else len(norm)
-            if rid in wanted and rid not in blocks:  # first block for an id wins
-                blocks[rid] = norm[m.end() : end]
-        if not headers and len(wanted) == 1:
-            blocks[wanted[0]] = norm
-        out: dict[int, ParsedRegion] = {}
+            region = _parse_block(norm[m.end() : end])
+            if rid not in out or region.score is not None:  # first readable block wins
+                out[rid] = region
         for rid in wanted:
-            if rid in blocks:
-                out[rid] = _parse_block(blocks[rid])
-            else:
-                out[rid] = ParsedRegion(object=None, score=None, error="region not answered")
-        return out
+            out.setdefault(rid, ParsedRegion(object=None, score=None, error="region not answered"))
+        return {rid: out[rid] for rid in wanted}
     except Exception as exc:  # pragma: no cover - defensive: the parser must never raise
         err = f"parser error: {type(exc).__name__}"
         return {rid: ParsedRegion(object=None, score=None, error=err) for rid in wanted}
 
 
 def parse_number(text: object) -> float | None:
-    """First number in ``text`` (guided-mode answers), clamped to [-1, 1]; None if absent,
-    not finite, a fraction, a percentage or a list. Never raises."""
+    """The number ``text`` starts with (guided-mode answers; leading spaces and markdown are
+    skipped), clamped to [-1, 1]. None if the text does not start with a number, or it is
+    not finite, a fraction, a percentage or a list. Reads exactly what :func:`parse_global`
+    reads after ``Score: ``. Never raises."""
     try:
         norm = normalize_text(text)
-        m = _FIRST_NUMBER.search(norm)
+        m = _LEADING_NUMBER.match(norm)
         if m is None:
             return None
         return _value_from_match(m, norm)[0]

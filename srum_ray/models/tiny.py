@@ -66,7 +66,8 @@ def check_files(path: str | Path, required: Sequence[str], what: str) -> Path:
         raise FileNotFoundError(f"{what} checkpoint directory not found: {root}")
     missing = [f for f in required if not (root / f).is_file()]
     if missing:
-        raise FileNotFoundError(f"incomplete {what} checkpoint at {root}: missing {', '.join(missing)}")
+        listed = ", ".join(missing)
+        raise FileNotFoundError(f"incomplete {what} checkpoint at {root}: missing {listed}")
     return root
 
 
@@ -171,7 +172,9 @@ class TinyGenerator(GenerationModel):
         self.vae: AutoencoderKL = _parts["vae"]
         self.text_encoder: CLIPTextModelWithProjection = _parts["text_encoder"]
         for module in (self.transformer, self.vae, self.text_encoder):
-            module.to(self.device, self.dtype).eval()
+            module.to(self.device).eval()
+            if next(module.parameters()).dtype != self.dtype:
+                module.to(self.dtype)
         self.vae.requires_grad_(False)
         self.text_encoder.requires_grad_(False)
         self.transformer.requires_grad_(True)
@@ -358,10 +361,11 @@ class TinyGenerator(GenerationModel):
         gen_cfg = gen_cfg if gen_cfg is not None else GenerationConfig(**meta["generation"])
         kw = {"local_files_only": True}
         scheduler = FlowMatchEulerDiscreteScheduler.from_pretrained(root / "scheduler", **kw)
+        text_encoder = CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", **kw)
         parts = {
             "transformer": SD3Transformer2DModel.from_pretrained(root / "transformer", **kw),
             "vae": AutoencoderKL.from_pretrained(root / "vae", **kw),
-            "text_encoder": CLIPTextModelWithProjection.from_pretrained(root / "text_encoder", **kw),
+            "text_encoder": text_encoder,
             "tokenizer": PreTrainedTokenizerFast.from_pretrained(root / "tokenizer", **kw),
             "scheduler": FlowMatchEulerDiscreteScheduler.from_config(
                 scheduler.config, shift=gen_cfg.shift

@@ -1,0 +1,131 @@
+"""Model backends by name: ``model.backend`` in YAML picks one, :func:`build_model` builds it.
+
+A backend is a function ``(model_cfg, gen_cfg, device, dtype) -> UnifiedModel``. The default
+registry :data:`BACKENDS` holds the shipped backends (only ``"tiny"`` for now); tests make
+their own :class:`BackendRegistry` instead of adding to the global one.
+
+The ``tiny`` backend builds random-weight models from ``model_cfg.tiny``, or, when
+``model_cfg.checkpoint`` is set, loads the directory written by :func:`save_tiny_checkpoint`::
+
+    <checkpoint>/generator/      TinyGenerator.save_pretrained layout
+    <checkpoint>/understanding/  TinyUnderstanding.save_pretrained layout
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from srum_ray.config.schema import GenerationConfig, ModelConfig
+from srum_ray.models.base import UnifiedModel
+
+Builder = Callable[[ModelConfig, GenerationConfig, str, torch.dtype], UnifiedModel]
+
+
+class BackendRegistry:
+    """Name -> builder; registering a name twice is an error (no silent overwrite)."""
+
+    def __init__(self) -> None:
+        self._builders: dict[str, Builder] = {}
+
+    def register(self, name: str) -> Callable[[Builder], Builder]:
+        """Decorator registering ``fn`` under ``name``.
+
+        Raises:
+            ValueError: if ``name`` is already registered.
+        """
+
+        def deco(fn: Builder) -> Builder:
+            if name in self._builders:
+                raise ValueError(f"model backend {name!r} is already registered")
+            self._builders[name] = fn
+            return fn
+
+        return deco
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(sorted(self._builders))
+
+    def get(self, name: str) -> Builder:
+        """The builder of ``name``; ``ValueError`` naming the allowed backends otherwise."""
+        if name not in self._builders:
+            raise ValueError(
+                f"unknown model backend {name!r}; allowed: {', '.join(self.names()) or '(none)'}"
+            )
+        return self._builders[name]
+
+
+#: the shipped backends
+BACKENDS = BackendRegistry()
+
+
+def register_backend(name: str, registry: BackendRegistry | None = None):
+    """Decorator: register a backend builder in ``registry`` (default :data:`BACKENDS`)."""
+    return (registry if registry is not None else BACKENDS).register(name)
+
+
+def resolve_device(device: str | torch.device) -> str:
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else unchanged."""
+    if str(device) == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return str(device)
+
+
+def build_model(
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype | str = torch.float32,
+    *,
+    registry: BackendRegistry | None = None,
+) -> UnifiedModel:
+    """Build the :class:`UnifiedModel` named by ``model_cfg.backend``.
+
+    Args:
+        model_cfg: the ``model`` config section (backend, checkpoint, tiny sizes).
+        gen_cfg: the ``generation`` config section (sampling settings).
+        device: ``"cpu"``, ``"cuda"``, ``"cuda:1"`` or ``"auto"``.
+        dtype: a ``torch.dtype`` or ``"float32"`` / ``"bfloat16"`` / ``"float16"``.
+        registry: where to look the backend up (default :data:`BACKENDS`).
+
+    Raises:
+        ValueError: unknown backend (the message lists the allowed ones).
+        FileNotFoundError: a configured checkpoint is missing or incomplete.
+    """
+    from srum_ray.models.tiny import as_dtype
+
+    reg = registry if registry is not None else BACKENDS
+    builder = reg.get(model_cfg.backend)
+    return builder(model_cfg, gen_cfg, resolve_device(device), as_dtype(dtype))
+
+
+def save_tiny_checkpoint(model: UnifiedModel, path: str | Path) -> Path:
+    """Write a tiny :class:`UnifiedModel` in the layout ``model.checkpoint`` loads."""
+    root = Path(path)
+    model.generator.save_pretrained(root / "generator")
+    model.understanding.save_pretrained(root / "understanding")
+    return root
+
+
+@register_backend("tiny")
+def _build_tiny(
+    model_cfg: ModelConfig, gen_cfg: GenerationConfig, device: str, dtype: torch.dtype
+) -> UnifiedModel:
+    from srum_ray.models.tiny import TinyGenerator, check_files
+    from srum_ray.models.tiny_vlm import TinyUnderstanding
+
+    if model_cfg.checkpoint:
+        root = check_files(model_cfg.checkpoint, (), "tiny")
+        for sub in ("generator", "understanding"):
+            if not (root / sub).is_dir():
+                raise FileNotFoundError(f"incomplete tiny checkpoint at {root}: missing {sub}/")
+        return UnifiedModel(
+            TinyGenerator.from_pretrained(root / "generator", gen_cfg, device, dtype),
+            TinyUnderstanding.from_pretrained(root / "understanding", device, dtype),
+        )
+    return UnifiedModel(
+        TinyGenerator(model_cfg.tiny, gen_cfg, device, dtype),
+        TinyUnderstanding(model_cfg.tiny, device, dtype),
+    )
