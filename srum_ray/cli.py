@@ -61,13 +61,16 @@ def cmd_run(args: argparse.Namespace) -> int:
             raise ConfigError("run needs --config FILE (or --resume RUN_DIR)")
         cfg = load_config(args.config, args.overrides)
         check_config(cfg)
-        run_dir = RunDir.create(cfg)
+        run_dir = None
     _setup_logging()
     log = logging.getLogger("srum_ray")
-    log.info("run directory: %s", run_dir.path)
-    from srum_ray.loop import RoundLoop  # heavy imports only after the checks passed
+    from srum_ray.loop import RoundLoop, build_roles, resolve_device  # heavy imports after the checks
 
-    loop = RoundLoop(cfg, run_dir)
+    roles = build_roles(cfg, resolve_device(cfg.run.device))
+    if run_dir is None:  # created only once the models loaded: a failed load leaves nothing behind
+        run_dir = RunDir.create(cfg)
+    log.info("run directory: %s", run_dir.path)
+    loop = RoundLoop(cfg, run_dir, roles=roles)
     loop.run()
     print(run_dir.path)
     return 0
@@ -127,6 +130,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except USER_ERRORS as e:
         print(f"srum-ray: error: {e}", file=sys.stderr)
         return 2
+    except Exception as e:  # a model that fails to load is a user error too, reported the same way
+        from srum_ray.loop import ModelLoadError
+
+        if isinstance(e, ModelLoadError):
+            print(f"srum-ray: error: {e}", file=sys.stderr)
+            return 2
+        raise
     except KeyboardInterrupt:
         print("srum-ray: interrupted; resume with `srum-ray run --resume RUN_DIR`", file=sys.stderr)
         return 130

@@ -96,12 +96,22 @@ class Roles:
     engine: Engine
 
 
+class ModelLoadError(RuntimeError):
+    """A checkpoint or model could not be built (one line naming the path and problem)."""
+
+
 def build_roles(cfg: SrumConfig, device: str) -> Roles:
     """Build the model, grounder, filter, judge and learner engine from config."""
-    model = build_model(cfg.model, cfg.generation, device=device, dtype=DTYPES[cfg.run.dtype])
+    if cfg.run.cpu_threads:
+        torch.set_num_threads(cfg.run.cpu_threads)
+    try:
+        model = build_model(cfg.model, cfg.generation, device=device, dtype=DTYPES[cfg.run.dtype])
+        grounder = build_grounder(cfg.grounder, understanding=model.understanding, device=device)
+    except (FileNotFoundError, ValueError, OSError, ImportError) as e:
+        raise ModelLoadError(f"{type(e).__name__}: {e}".splitlines()[0]) from e
     return Roles(
         generator=model.generator,
-        grounder=build_grounder(cfg.grounder, understanding=model.understanding, device=device),
+        grounder=grounder,
         box_filter=BoxFilter(model.understanding, cfg.filter, batch_size=cfg.judge.batch_size),
         judge=Judge(model.understanding, cfg.judge, seed=cfg.run.seed),
         engine=TorchEngine(model.generator, cfg.train, seed=cfg.run.seed),

@@ -40,6 +40,12 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
         raise PreflightError(f"data.prompts: {e}") from e
     if cfg.model.checkpoint is not None:
         _check_readable("model.checkpoint", cfg.model.checkpoint, want_dir=True)
+        from srum_ray.models.registry import check_checkpoint
+
+        try:
+            check_checkpoint(cfg.model)
+        except FileNotFoundError as e:
+            raise PreflightError(f"model.checkpoint: {e}") from e
     if cfg.grounder.kind == "sam":
         sam = cfg.grounder.sam
         if sam.checkpoint is not None:

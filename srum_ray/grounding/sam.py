@@ -172,7 +172,9 @@ def _read_state_dict(path: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling errors come in many types
-        raise ValueError(f"{path} is not a SAM checkpoint: torch.load failed ({e})") from e
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        first = first.split(". ")[0][:160]
+        raise ValueError(f"{path} is not a SAM checkpoint: torch.load failed ({type(e).__name__}: {first})") from e
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise ValueError(f"{path} is not a SAM checkpoint: expected a state_dict of tensors")
     return state

@@ -109,6 +109,21 @@ def save_tiny_checkpoint(model: UnifiedModel, path: str | Path) -> Path:
     return root
 
 
+def check_checkpoint(model_cfg: ModelConfig) -> None:
+    """Check that ``model_cfg.checkpoint`` holds every file its backend loads, loading nothing.
+
+    Raises a one-line ``FileNotFoundError`` naming the path and the missing files.
+    """
+    if not model_cfg.checkpoint:
+        return
+    if model_cfg.backend == "tiny":
+        from srum_ray.models.tiny import _GEN_FILES, check_files
+        from srum_ray.models.tiny_vlm import _VLM_FILES
+
+        root = check_files(model_cfg.checkpoint, (), "tiny")
+        check_files(root, [f"generator/{f}" for f in _GEN_FILES] + [f"understanding/{f}" for f in _VLM_FILES], "tiny")
+
+
 @register_backend("tiny")
 def _build_tiny(
     model_cfg: ModelConfig, gen_cfg: GenerationConfig, device: str, dtype: torch.dtype
