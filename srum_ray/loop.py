@@ -104,11 +104,13 @@ def build_roles(cfg: SrumConfig, device: str) -> Roles:
     """Build the model, grounder, filter, judge and learner engine from config."""
     if cfg.run.cpu_threads:
         torch.set_num_threads(cfg.run.cpu_threads)
+    t0 = time.perf_counter()
     try:
         model = build_model(cfg.model, cfg.generation, device=device, dtype=DTYPES[cfg.run.dtype])
         grounder = build_grounder(cfg.grounder, understanding=model.understanding, device=device)
     except (FileNotFoundError, ValueError, OSError, ImportError) as e:
         raise ModelLoadError(f"{type(e).__name__}: {e}".splitlines()[0]) from e
+    log.info("built models on %s in %.1f s", device, time.perf_counter() - t0)
     return Roles(
         generator=model.generator,
         grounder=grounder,
@@ -128,9 +130,7 @@ class RoundLoop:
         self.device = resolve_device(cfg.run.device)
         if cfg.run.cpu_threads:
             torch.set_num_threads(cfg.run.cpu_threads)
-        t0 = time.perf_counter()
         self.roles = roles or build_roles(cfg, self.device)
-        log.info("built models on %s in %.1f s", self.device, time.perf_counter() - t0)
         self.start_round = 0
         self._restore()
 
