@@ -64,14 +64,16 @@ def cmd_run(args: argparse.Namespace) -> int:
         run_dir = None
     _setup_logging()
     log = logging.getLogger("srum_ray")
-    from srum_ray.loop import RoundLoop, build_roles, resolve_device  # heavy imports after the checks
+    from srum_ray.loop import RoundLoop, build_runtime  # heavy imports after the checks
 
-    roles = build_roles(cfg, resolve_device(cfg.run.device))
-    if run_dir is None:  # created only once the models loaded: a failed load leaves nothing behind
-        run_dir = RunDir.create(cfg)
-    log.info("run directory: %s", run_dir.path)
-    loop = RoundLoop(cfg, run_dir, roles=roles)
-    loop.run()
+    runtime = build_runtime(cfg)
+    try:
+        if run_dir is None:  # created only once the models loaded: a failed load leaves nothing
+            run_dir = RunDir.create(cfg)
+        log.info("run directory: %s", run_dir.path)
+        RoundLoop(cfg, run_dir, runtime=runtime).run()
+    finally:
+        runtime.shutdown()
     print(run_dir.path)
     return 0
 

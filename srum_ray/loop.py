@@ -1,9 +1,10 @@
-"""The single-process round loop: generate -> propose -> filter -> judge -> reward -> learn.
+"""The round loop: generate -> propose -> filter -> judge -> reward -> learn -> sync.
 
-:class:`RoundLoop` builds every role in this process, runs ``cfg.run.rounds`` online rounds
-and writes the run directory (:mod:`srum_ray.rundir`). The learner trains the generator's
-own trainable module, then pushes the refreshed weights (with a new version) to the
-generator before the next round draws anything.
+:class:`RoundLoop` runs ``cfg.run.rounds`` online rounds on a runtime (every role in this
+process, or Ray actors: :mod:`srum_ray.runtime`) and owns what both share: the rewards of each
+judged chunk as it arrives, the run directory (:mod:`srum_ray.rundir`), metrics, the commit
+point and resume. After a round's updates the learner's weights reach every generator with a
+new version before the next round draws anything.
 """
 
 from __future__ import annotations
@@ -12,43 +13,30 @@ import logging
 import random
 import sys
 import time
-from dataclasses import dataclass
 from typing import Any
 
-import torch
+from PIL import Image
 from tqdm.auto import tqdm
 
 from srum_ray.config.schema import SrumConfig
 from srum_ray.data import SampleSpec, load_prompts, round_samples
-from srum_ray.grounding import build_grounder
-from srum_ray.judging.filter import BoxFilter, FilterStats
-from srum_ray.judging.judge import Judge, JudgeStats
-from srum_ray.learner.engine import Engine, TorchEngine
-from srum_ray.models.registry import build_model
 from srum_ray.rewards import effective_lambda_c
 from srum_ray.rundir import RunDir
-from srum_ray.stages import (
-    filter_stage,
-    generate_stage,
-    judge_stage,
-    parse_counts,
-    propose_stage,
-    reward_stage,
+from srum_ray.runtime.base import Runtime
+from srum_ray.runtime.local import (  # noqa: F401 - re-exported for callers of the loop
+    DTYPES,
+    LocalRuntime,
+    ModelLoadError,
+    Roles,
+    build_roles,
+    resolve_device,
 )
+from srum_ray.runtime.metrics import RunMetrics
+from srum_ray.stages import filter_counts, parse_counts, reward_stage
 from srum_ray.types import RolloutBatch
 from srum_ray.viz import contact_sheet, overlay_picture
 
 log = logging.getLogger("srum_ray")
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is cuda but torch sees no CUDA device")
-    return name
 
 
 def _mean(xs: list[float]) -> float | None:
@@ -85,52 +73,55 @@ def round_summary(batch: RolloutBatch) -> dict[str, Any]:
     }
 
 
-@dataclass
-class Roles:
-    """Every role of a round, built in this process."""
+def build_runtime(cfg: SrumConfig) -> Runtime:
+    """The runtime ``cfg.runtime.mode`` asks for, with every role built."""
+    if cfg.runtime.mode == "ray":
+        from srum_ray.runtime.ray_runtime import RayRuntime
 
-    generator: Any
-    grounder: Any
-    box_filter: BoxFilter
-    judge: Judge
-    engine: Engine
+        return RayRuntime(cfg)
+    return LocalRuntime(cfg, build_roles(cfg, resolve_device(cfg.run.device)))
 
 
-class ModelLoadError(RuntimeError):
-    """A checkpoint or model could not be built (one line naming the path and problem)."""
-
-
-def build_roles(cfg: SrumConfig, device: str) -> Roles:
-    """Build the model, grounder, filter, judge and learner engine from config."""
-    if cfg.run.cpu_threads:
-        torch.set_num_threads(cfg.run.cpu_threads)
-    t0 = time.perf_counter()
-    try:
-        model = build_model(cfg.model, cfg.generation, device=device, dtype=DTYPES[cfg.run.dtype])
-        grounder = build_grounder(cfg.grounder, understanding=model.understanding, device=device)
-    except (FileNotFoundError, ValueError, OSError, ImportError) as e:
-        raise ModelLoadError(f"{type(e).__name__}: {e}".splitlines()[0]) from e
-    log.info("built models on %s in %.1f s", device, time.perf_counter() - t0)
-    return Roles(
-        generator=model.generator,
-        grounder=grounder,
-        box_filter=BoxFilter(model.understanding, cfg.filter, batch_size=cfg.judge.batch_size),
-        judge=Judge(model.understanding, cfg.judge, seed=cfg.run.seed),
-        engine=TorchEngine(model.generator, cfg.train, seed=cfg.run.seed),
-    )
+def plan_steps(trained: list[int], steps: int, batch_size: int, rng: random.Random) -> list[list[int]]:
+    """Rows of each optimizer step: passes over a fresh shuffle of ``trained``, no row twice
+    within a step (a step takes ``min(batch_size, len(trained))`` rows)."""
+    order: list[int] = []
+    plan = []
+    for _ in range(steps):
+        idx: list[int] = []
+        while len(idx) < min(batch_size, len(trained)):
+            if not order:
+                order = list(trained)
+                rng.shuffle(order)
+            idx.append(order.pop())
+        plan.append(idx)
+    return plan
 
 
 class RoundLoop:
-    """Runs SRUM rounds in one process and records everything in a :class:`RunDir`."""
+    """Runs SRUM rounds on a runtime and records everything in a :class:`RunDir`.
 
-    def __init__(self, cfg: SrumConfig, run_dir: RunDir, roles: Roles | None = None) -> None:
+    Args:
+        cfg: the resolved config.
+        run_dir: where the run is written (new, or opened for resume).
+        runtime: where the roles run (default: built from ``cfg.runtime.mode``).
+        roles: shorthand for a :class:`LocalRuntime` over already built roles.
+    """
+
+    def __init__(
+        self,
+        cfg: SrumConfig,
+        run_dir: RunDir,
+        runtime: Runtime | None = None,
+        roles: Roles | None = None,
+    ) -> None:
         self.cfg = cfg
         self.run_dir = run_dir
         self.prompts = load_prompts(cfg.data.prompts)
-        self.device = resolve_device(cfg.run.device)
-        if cfg.run.cpu_threads:
-            torch.set_num_threads(cfg.run.cpu_threads)
-        self.roles = roles or build_roles(cfg, self.device)
+        if runtime is None:
+            runtime = LocalRuntime(cfg, roles) if roles is not None else build_runtime(cfg)
+        self.runtime = runtime
+        self.metrics = RunMetrics(cfg.runtime.metrics, run_name=run_dir.path.name)
         self.start_round = 0
         self._restore()
 
@@ -144,14 +135,13 @@ class RoundLoop:
         if last < 0:
             return
         ckpt = self.run_dir.checkpoint_dir(last)
-        self.roles.engine.load(ckpt)
-        self.roles.generator.load_trainable_state(
-            self.roles.engine.state_dict_for_sync(), version=state["weights_version"]
-        )
+        self.runtime.load(ckpt)
+        # generators get the restored weights before they draw anything
+        self.runtime.sync(state["weights_version"])
         self.start_round = last + 1
         log.info(
             "resumed from %s: round %d done, weights version %d, learner step %d",
-            ckpt, last, state["weights_version"], self.roles.engine.global_step,
+            ckpt, last, state["weights_version"], self.runtime.global_step(),
         )
 
     # ------------------------------------------------------------------ rounds
@@ -173,127 +163,117 @@ class RoundLoop:
     def collect(self, r: int) -> tuple[RolloutBatch, dict[str, float], dict[str, Any]]:
         """Generate, propose, filter, judge and reward round ``r``, writing its artefacts.
 
-        Returns the rewarded batch, seconds per stage, and the round's counts (missing-score
-        policy, judge and filter counters).
+        Each judged chunk is rewarded and written as soon as the runtime hands it over. The
+        result is joined per sample id in spec order; a missing or duplicated id is an error.
+
+        Returns the rewarded batch, seconds per stage (summed over chunks), and the round's
+        counts of the missing-score policy.
         """
-        cfg, roles, rd = self.cfg, self.roles, self.run_dir
+        cfg, rd = self.cfg, self.run_dir
         specs = self._specs(r)
         rd.start_round(r)
         timings = {k: 0.0 for k in ("generate", "propose", "filter", "judge", "reward", "write")}
         missing: dict[str, int] = {}
-        judge_stats, filter_stats = JudgeStats(), FilterStats()
-        parts: list[RolloutBatch] = []
+        by_id: dict[str, RolloutBatch] = {}
         bar = tqdm(
             total=len(specs), desc=f"round {r + 1}/{cfg.run.rounds}", unit="img",
             disable=not cfg.run.progress, file=sys.stderr, dynamic_ncols=True,
         )
-        for start in range(0, len(specs), cfg.generation.batch_size):
-            chunk = specs[start : start + cfg.generation.batch_size]
-            steps = [
-                ("generate", lambda b: generate_stage(roles.generator, chunk, r)),
-                ("propose", lambda b: propose_stage(roles.grounder, b)),
-                ("filter", lambda b: filter_stage(roles.box_filter, b)),
-                ("judge", lambda b: judge_stage(roles.judge, b)),
-            ]
-            batch = None
-            for name, fn in steps:
-                bar.set_postfix_str(name)
-                t = time.perf_counter()
-                batch = fn(batch)
-                timings[name] += time.perf_counter() - t
-            judge_stats.add(roles.judge.stats)
-            filter_stats.add(roles.box_filter.stats)
+
+        def on_batch(batch: RolloutBatch, seconds: dict[str, float]) -> None:
+            for k, v in seconds.items():
+                timings[k] = timings.get(k, 0.0) + v
+                self.metrics.observe_stage(k, v)
             t = time.perf_counter()
             batch, maps, counts = reward_stage(batch, cfg.reward, cfg.judge)
             for k, v in counts.items():
                 missing[k] = missing.get(k, 0) + v
             timings["reward"] += time.perf_counter() - t
             t = time.perf_counter()
-            for rec, image, R in zip(batch.records, batch.images, maps):
+            for i, (rec, image, R) in enumerate(zip(batch.records, batch.images, maps)):
+                if rec.id in by_id:
+                    raise RuntimeError(f"sample {rec.id} came back twice in round {r}")
                 rd.write_image(r, rec, image)
                 rd.write_reward_map(r, rec, R)
                 if cfg.output.overlays:
                     rd.write_overlay(r, rec, overlay_picture(image, rec, R))
+                by_id[rec.id] = batch.select([i])
             timings["write"] += time.perf_counter() - t
-            parts.append(batch)
-            bar.update(len(chunk))
+            bar.update(len(batch))
+
+        self.runtime.collect(specs, r, on_batch)
         bar.close()
-        batch = RolloutBatch.concat(parts)
+        lost = [s.id for s in specs if s.id not in by_id]
+        if lost or len(by_id) != len(specs):
+            raise RuntimeError(f"round {r}: {len(lost)} samples never came back: {lost[:5]}")
+        batch = RolloutBatch.concat(by_id[s.id] for s in specs)
         rd.write_samples(r, batch.records)
         if cfg.output.overlays:
-            from PIL import Image
-
             d = rd.partial_round_dir(r)
             sheet = contact_sheet([Image.open(d / rec.overlay) for rec in batch.records])
             sheet.save(d / "overview.png")
-        counts = {
-            "missing_policy": missing,
-            "judge_stats": judge_stats.as_dict(),
-            "filter_stats": filter_stats.as_dict(),
-        }
-        return batch, timings, counts
+        return batch, timings, {"missing_policy": missing}
 
     def learn(self, r: int, batch: RolloutBatch) -> list[dict[str, Any]]:
         """``train.steps_per_round`` optimizer steps on the round's trained samples."""
-        cfg, engine = self.cfg, self.roles.engine
+        cfg = self.cfg
         trained = [i for i, rec in enumerate(batch.records) if rec.trained]
         if not trained:
             log.warning("round %d: no sample can be trained (all dropped by missing scores)", r)
             return []
         lam = effective_lambda_c(cfg.train.lambda_c, cfg.reward.ablation)
-        rng = random.Random(f"{cfg.run.seed}/train/{r}")
-        order: list[int] = []
+        plan = plan_steps(trained, cfg.train.steps_per_round, cfg.train.batch_size,
+                          random.Random(f"{cfg.run.seed}/train/{r}"))
         rows = []
-        for step in tqdm(
-            range(cfg.train.steps_per_round), desc=f"train {r + 1}/{cfg.run.rounds}", unit="step",
-            disable=not cfg.run.progress, file=sys.stderr, dynamic_ncols=True,
-        ):
-            idx = []
-            while len(idx) < min(cfg.train.batch_size, len(trained)):
-                if not order:
-                    order = list(trained)
-                    rng.shuffle(order)
-                idx.append(order.pop())
-            m = engine.train_batch(batch.select(idx), lam)
-            row = {"kind": "step", "round": r, "round_step": step, **m}
+        for k, m in enumerate(self.runtime.train(batch, plan, lam)):
+            row = {"kind": "step", "round": r, "round_step": k, **m}
             self.run_dir.append_metrics(row)
+            self.metrics.on_step(row)
             rows.append(row)
         return rows
 
     def run_round(self, r: int) -> dict[str, Any]:
-        cfg, rd, roles = self.cfg, self.run_dir, self.roles
+        cfg, rd, rt = self.cfg, self.run_dir, self.runtime
         t_round = time.perf_counter()
+        for role, n in rt.replicas().items():
+            self.metrics.set_replicas(role, n)
         batch, timings, counts = self.collect(r)
         t = time.perf_counter()
         steps = self.learn(r, batch)
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         tmp = rd.checkpoint_dir(r).with_name(f"{r:04d}.tmp")
-        roles.engine.save(tmp)
+        rt.save(tmp)
         tmp.rename(rd.checkpoint_dir(r))
         timings["checkpoint"] = time.perf_counter() - t
         t = time.perf_counter()
         version = r + 1
-        roles.generator.load_trainable_state(roles.engine.state_dict_for_sync(), version=version)
+        sync_info = rt.sync(version)
         timings["sync"] = time.perf_counter() - t
+        for k in ("train", "checkpoint", "sync"):
+            self.metrics.observe_stage(k, timings[k])
         wall = time.perf_counter() - t_round
         row = {
             "kind": "round",
             "round": r,
             "weights_version": version,
-            "global_step": roles.engine.global_step,
+            "global_step": rt.global_step(),
             "loss_mean": _mean([s["loss"] for s in steps]),
             "reward_term_mean": _mean([s["reward_term"] for s in steps]),
             "ref_term_mean": _mean([s["ref_term"] for s in steps]),
             **round_summary(batch),
             "parse": parse_counts(batch.records),
+            "filter": filter_counts(batch.records),
             **counts,
+            "replicas": rt.replicas(),
+            "sync": sync_info,
             "timings_s": {k: round(v, 4) for k, v in timings.items()},
             "wall_s": round(wall, 3),
             "samples_per_s": len(batch) / wall if wall > 0 else None,
         }
         rd.append_metrics(row)
-        rd.commit_round(r, weights_version=version, global_step=roles.engine.global_step)
+        self.metrics.on_round(row)
+        rd.commit_round(r, weights_version=version, global_step=rt.global_step())
         if not cfg.output.keep_all_checkpoints:
             rd.prune_checkpoints(r)
         log.info(

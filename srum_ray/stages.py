@@ -154,3 +154,13 @@ def parse_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
                 continue
             out[f"region_{s}"] = out.get(f"region_{s}", 0) + 1
     return out
+
+
+def filter_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
+    """Boxes kept and dropped by the relevance filter, and answers it could not read."""
+    from srum_ray.judging.parser import parse_choice
+
+    kept = sum(1 for r in records for k in r.kept if k)
+    boxes = sum(len(r.kept) for r in records)
+    unparsed = sum(1 for r in records for a in r.filter_raw if parse_choice(a, ("yes", "no")) is None)
+    return {"kept": kept, "dropped": boxes - kept, "unparsed": unparsed}

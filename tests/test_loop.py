@@ -86,8 +86,8 @@ def test_run_directory_is_complete(straight):
     assert all(np.isfinite(s["loss"]) and s["grad_norm"] >= 0 for s in steps)
     assert [r["weights_version"] for r in rounds] == [1, 2]
     for r in rounds:
-        assert r["judge_stats"]["global_parsed"] + r["judge_stats"]["global_retried"] \
-            + r["judge_stats"]["global_missing"] == 8
+        assert sum(r["parse"].get(f"global_{k}", 0) for k in ("parsed", "retried", "missing")) == 8
+        assert r["filter"]["kept"] + r["filter"]["dropped"] == r["boxes"]
         assert {"generate", "propose", "filter", "judge", "reward", "train", "sync"} <= r["timings_s"].keys()
 
 

@@ -109,6 +109,15 @@ def _coerce(path: str, tp: Any, value: Any, meta: dict) -> Any:
         if not isinstance(value, dict):
             raise ConfigError(f"{path} must be a mapping, got {value!r}")
         return _build(tp, value, path)
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path} must be a mapping, got {value!r}")
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ConfigError(f"{path} keys must be strings, got {k!r}")
+            out[k] = _coerce(f"{path}.{k}", args[1], v, meta)
+        return out
     if origin is list:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             value = [value]

@@ -143,7 +143,12 @@ class RewardConfig:
 
 @dataclass
 class TrainConfig:
-    engine: str = choice("torch", "torch")
+    #: learner backend: plain PyTorch or DeepSpeed ZeRO (runtime.learner sets the ranks)
+    engine: str = choice("torch", "torch", "deepspeed")
+    #: ZeRO stage of the deepspeed engine
+    zero_stage: int = choice(1, 1, 2, 3)
+    #: micro-batches per optimizer step (the global batch is train.batch_size)
+    grad_accum_steps: int = rng(1, ge=1)
     steps_per_round: int = rng(4, ge=1)
     batch_size: int = rng(4, ge=1)
     lr: float = rng(2.5e-5, gt=0.0, le=1.0)
@@ -168,6 +173,66 @@ class OutputConfig:
 
 
 @dataclass
+class RoleConfig:
+    """A fixed-size role (generators, learner ranks): how many and on what resources."""
+
+    #: remote workers; 0 runs the role in the driver process
+    replicas: int = rng(1, ge=0, le=1024)
+    num_cpus: float = rng(1.0, ge=0.0)
+    num_gpus: float = rng(0.0, ge=0.0)
+    #: custom node resources, e.g. {"judge_node": 0.01}, to pin the role to a node type
+    resources: dict[str, float] = field(default_factory=dict, metadata={"ge": 0.0})
+
+
+@dataclass
+class PoolConfig:
+    """An autoscaling role (judges, grounders): a Ray Serve deployment."""
+
+    #: max_replicas 0 runs the role in the driver process
+    min_replicas: int = rng(1, ge=0, le=1024)
+    max_replicas: int = rng(2, ge=0, le=1024)
+    num_cpus: float = rng(1.0, ge=0.0)
+    num_gpus: float = rng(0.0, ge=0.0)
+    resources: dict[str, float] = field(default_factory=dict, metadata={"ge": 0.0})
+    #: autoscaling target of in-flight requests per replica
+    target_ongoing_requests: float = rng(2.0, gt=0.0)
+    upscale_delay_s: float = rng(2.0, ge=0.0)
+    downscale_delay_s: float = rng(10.0, ge=0.0)
+    #: requests one replica serves at once (and the most that are batched into one call)
+    max_ongoing_requests: int = rng(8, ge=1)
+    max_batch_size: int = rng(4, ge=1)
+    batch_wait_timeout_s: float = rng(0.05, ge=0.0)
+    #: window over which the autoscaler averages in-flight requests
+    look_back_period_s: float = rng(30.0, gt=0.0)
+    #: how often handles and replicas report load to the autoscaler
+    metrics_interval_s: float = rng(10.0, gt=0.0)
+    #: how often the Serve controller checks replicas (a dead one is replaced after this)
+    health_check_period_s: float = rng(10.0, gt=0.0)
+
+
+@dataclass
+class RuntimeConfig:
+    """Where the roles run. mode "local": the single-process loop; "ray": actors per role."""
+
+    mode: str = choice("local", "local", "ray")
+    #: Ray address to join (None: RAY_ADDRESS, else start a local Ray)
+    address: str | None = None
+    generator: RoleConfig = field(default_factory=RoleConfig)
+    grounder: PoolConfig = field(default_factory=PoolConfig)
+    judge: PoolConfig = field(default_factory=PoolConfig)
+    learner: RoleConfig = field(default_factory=RoleConfig)
+    #: how refreshed weights reach generators: through the object store, or a torch.distributed
+    #: broadcast from learner rank 0 (gloo on CPU, NCCL on GPU)
+    weight_sync: str = choice("object_store", "object_store", "collective")
+    #: attempts per stage request when a worker dies mid-request
+    stage_retries: int = rng(3, ge=0, le=100)
+    #: export round / loss / reward / latency / queue metrics with ray.util.metrics
+    metrics: bool = True
+    #: write a Ray timeline (chrome trace) per round into the round directory
+    timeline: bool = False
+
+
+@dataclass
 class SrumConfig:
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
@@ -179,3 +244,4 @@ class SrumConfig:
     reward: RewardConfig = field(default_factory=RewardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     output: OutputConfig = field(default_factory=OutputConfig)
+    runtime: RuntimeConfig = field(default_factory=RuntimeConfig)

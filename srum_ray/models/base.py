@@ -146,7 +146,10 @@ class UnderstandingModel(abc.ABC):
 
 @dataclass
 class UnifiedModel:
-    """A UMM as SRUM sees it: a generator and an understanding module (may share weights)."""
+    """A UMM as SRUM sees it: a generator and an understanding module (may share weights).
 
-    generator: GenerationModel
-    understanding: UnderstandingModel
+    A field is None when the builder was asked for the other part only.
+    """
+
+    generator: GenerationModel | None
+    understanding: UnderstandingModel | None

@@ -80,8 +80,12 @@ def build_model(
     dtype: torch.dtype | str = torch.float32,
     *,
     registry: BackendRegistry | None = None,
+    parts: tuple[str, ...] = ("generator", "understanding"),
 ) -> UnifiedModel:
     """Build the :class:`UnifiedModel` named by ``model_cfg.backend``.
+
+    ``parts`` names what to build: a generator worker or a learner rank needs only
+    ``("generator",)``, a judge replica only ``("understanding",)``; the other field is None.
 
     Args:
         model_cfg: the ``model`` config section (backend, checkpoint, tiny sizes).
@@ -97,8 +101,12 @@ def build_model(
     from srum_ray.models.tiny import as_dtype
 
     reg = registry if registry is not None else BACKENDS
+    unknown = set(parts) - {"generator", "understanding"}
+    if unknown or not parts:
+        raise ValueError(f"parts must name generator and/or understanding, got {parts}")
     builder = reg.get(model_cfg.backend)
-    return builder(model_cfg, gen_cfg, resolve_device(device), as_dtype(dtype))
+    model = builder(model_cfg, gen_cfg, resolve_device(device), as_dtype(dtype), parts=tuple(parts))
+    return model
 
 
 def save_tiny_checkpoint(model: UnifiedModel, path: str | Path) -> Path:
@@ -126,7 +134,11 @@ def check_checkpoint(model_cfg: ModelConfig) -> None:
 
 @register_backend("tiny")
 def _build_tiny(
-    model_cfg: ModelConfig, gen_cfg: GenerationConfig, device: str, dtype: torch.dtype
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    parts: tuple[str, ...] = ("generator", "understanding"),
 ) -> UnifiedModel:
     from srum_ray.models.tiny import TinyGenerator, check_files
     from srum_ray.models.tiny_vlm import TinyUnderstanding
@@ -137,10 +149,12 @@ def _build_tiny(
             if not (root / sub).is_dir():
                 raise FileNotFoundError(f"incomplete tiny checkpoint at {root}: missing {sub}/")
         return UnifiedModel(
-            TinyGenerator.from_pretrained(root / "generator", gen_cfg, device, dtype),
-            TinyUnderstanding.from_pretrained(root / "understanding", device, dtype),
+            TinyGenerator.from_pretrained(root / "generator", gen_cfg, device, dtype)
+            if "generator" in parts else None,
+            TinyUnderstanding.from_pretrained(root / "understanding", device, dtype)
+            if "understanding" in parts else None,
         )
     return UnifiedModel(
-        TinyGenerator(model_cfg.tiny, gen_cfg, device, dtype),
-        TinyUnderstanding(model_cfg.tiny, device, dtype),
+        TinyGenerator(model_cfg.tiny, gen_cfg, device, dtype) if "generator" in parts else None,
+        TinyUnderstanding(model_cfg.tiny, device, dtype) if "understanding" in parts else None,
     )

@@ -40,7 +40,7 @@ def test_local_registry_does_not_touch_the_global_one():
     calls = []
 
     @register_backend("fake", registry=reg)
-    def fake(model_cfg, gen_cfg, device, dtype):
+    def fake(model_cfg, gen_cfg, device, dtype, parts=()):
         calls.append((model_cfg.backend, device, dtype))
         return "built"
 
