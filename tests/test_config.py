@@ -60,7 +60,7 @@ def test_defaults_and_spec_recipe():
 @pytest.mark.parametrize(
     "override, fragment",
     [
-        ("train.lrr=1", "unknown key train.lrr (allowed: engine, steps_per_round"),
+        ("train.lrr=1", "unknown key train.lrr (allowed: engine, zero_stage, grad_accum_steps, steps_per_round"),
         ("nope=1", "unknown key nope"),
         ("grounder.sam.kind=x", "unknown key grounder.sam.kind"),
         ("reward.convention=paperish", "reward.convention = 'paperish' is not allowed (allowed: paper, public_code)"),

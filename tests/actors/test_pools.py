@@ -156,8 +156,9 @@ def wait_for(pred, timeout_s: float, period_s: float = 0.25):
 def test_deployment_options_come_from_pool_config():
     pool = PoolConfig(min_replicas=2, max_replicas=5, num_cpus=0.5, num_gpus=0.25, resources={"judge_node": 0.01},
                       target_ongoing_requests=3.0, upscale_delay_s=1.5, downscale_delay_s=7.0,
-                      max_ongoing_requests=6, max_batch_size=3, batch_wait_timeout_s=0.02)
-    opts = deployment_options("judge", pool, {"look_back_period_s": 4.0}, {"health_check_period_s": 2.0})
+                      max_ongoing_requests=6, max_batch_size=3, batch_wait_timeout_s=0.02,
+                      look_back_period_s=4.0, metrics_interval_s=0.5, health_check_period_s=2.0)
+    opts = deployment_options("judge", pool)
     assert opts == {
         "name": "judge",
         "ray_actor_options": {"num_cpus": 0.5, "num_gpus": 0.25, "resources": {"judge_node": 0.01}},
@@ -165,9 +166,13 @@ def test_deployment_options_come_from_pool_config():
         "autoscaling_config": {
             "min_replicas": 2, "initial_replicas": 2, "max_replicas": 5, "target_ongoing_requests": 3.0,
             "upscale_delay_s": 1.5, "downscale_delay_s": 7.0, "look_back_period_s": 4.0,
+            "metrics_interval_s": 0.5,
         },
         "health_check_period_s": 2.0,
     }
+    # extras (tests) override what the config says
+    extra = deployment_options("judge", pool, {"look_back_period_s": 1.0}, {"health_check_period_s": 0.5})
+    assert extra["autoscaling_config"]["look_back_period_s"] == 1.0 and extra["health_check_period_s"] == 0.5
     assert "resources" not in deployment_options("grounder", PoolConfig())["ray_actor_options"]
     with pytest.raises(ValueError, match=r"runtime.judge.min_replicas \(3\) is above max_replicas \(2\)"):
         deployment_options("judge", PoolConfig(min_replicas=3, max_replicas=2))

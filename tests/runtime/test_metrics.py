@@ -2,7 +2,10 @@
 a local Ray's metrics agent read back from its endpoint."""
 
 import socket
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +19,7 @@ from srum_ray.runtime.metrics import (
     step_points,
 )
 
+ROOT = Path(__file__).resolve().parents[2]
 STEP_ROW = {
     "kind": "step", "round": 0, "round_step": 3, "loss": 1.25, "reward_term": 0.75,
     "ref_term": 0.5, "grad_norm": 2.0, "lr": 1e-4, "step": 4,
@@ -90,17 +94,32 @@ def test_parse_prometheus_reads_labels_and_skips_comments():
     assert got[1].labels == {"le": "0.5", "run": "a", "stage": "judge"}
 
 
-def test_inactive_without_ray_or_when_disabled():
-    ray = pytest.importorskip("ray")
-    assert not ray.is_initialized(), "another test module left Ray running"
-    for m in (RunMetrics(True, "x"), RunMetrics(False, "x")):
-        assert not m.active
-        m.on_step(STEP_ROW)
-        m.on_round(ROUND_ROW)
-        m.observe_stage("judge", 0.1)
-        m.set_queue_depth("judge", 2)
-        m.set_replicas("judge", 1)
-        assert m._instruments is None  # nothing was built
+def test_inactive_without_ray_and_does_not_import_it():
+    """In a fresh process without Ray running (the single-process loop), every call is a
+    no-op, and the calls do not import Ray just to find it is not running."""
+    code = (
+        "import sys\n"
+        "from srum_ray.runtime.metrics import RunMetrics\n"
+        "from tests.runtime.test_metrics import ROUND_ROW, STEP_ROW\n"
+        "before = 'ray' in sys.modules\n"
+        "m = RunMetrics(True, 'x')\n"
+        "m.on_step(STEP_ROW); m.on_round(ROUND_ROW); m.observe_stage('judge', 0.1)\n"
+        "m.set_queue_depth('judge', 2); m.set_replicas('judge', 1)\n"
+        "assert not m.active and m._instruments is None\n"
+        "assert ('ray' in sys.modules) == before, 'the calls imported ray'\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True,
+                       timeout=60)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_disabled_is_a_no_op():
+    m = RunMetrics(False, "x")
+    m.on_step(STEP_ROW)
+    m.on_round(ROUND_ROW)
+    m.set_replicas("judge", 1)
+    assert not m.active and m._instruments is None
 
 
 # ---------------------------------------------------------------------------- real Ray
