@@ -251,6 +251,11 @@ class RayRuntime(Runtime):
                 ray.kill(g.handle)
         if self._started_ray:
             ray.shutdown()
+            # Serve's handle threads may still call Ray: they must not start a new session
+            # (RAY_ENABLE_AUTO_CONNECT is read once, at import, into this flag)
+            from ray._private import auto_init_hook
+
+            auto_init_hook.enable_auto_connect = False
 
 
 def _without_images(batch: RolloutBatch) -> RolloutBatch:
