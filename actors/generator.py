@@ -15,7 +15,7 @@ from srum_ray.config.load import config_from_dict
 from srum_ray.config.schema import RoleConfig
 from srum_ray.data import SampleSpec
 from srum_ray.runtime.local import DTYPES, resolve_device
-from srum_ray.runtime.sync import SyncGroup
+from srum_ray.runtime.sync import SyncGroup, state_checksum
 from srum_ray.stages import generate_stage
 from srum_ray.types import RolloutBatch
 
@@ -71,10 +71,9 @@ class GeneratorWorker:
     def weights_version(self) -> int:
         return self.generator.weights_version
 
-    def weights_checksum(self) -> float:
-        """Sum of every trainable weight (for tests that compare copies)."""
-        with torch.no_grad():
-            return float(sum(p.double().sum() for p in self.generator.trainable_module().state_dict().values()))
+    def weights_checksum(self) -> str:
+        """sha256 of the trainable weights (compare with the learner's after a sync)."""
+        return state_checksum(self.generator.trainable_module().state_dict())
 
     def sync_join(self, host: str, port: int, rank: int, world_size: int, backend: str) -> bool:
         """Join the collective weight-sync group (blocks until every member joined)."""

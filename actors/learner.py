@@ -23,6 +23,7 @@ from srum_ray import distributed
 from srum_ray.config.schema import SrumConfig
 from srum_ray.learner import build_engine
 from srum_ray.learner.ds_config import micro_batch_size
+from srum_ray.runtime.sync import state_checksum
 from srum_ray.types import RolloutBatch
 
 log = logging.getLogger(__name__)
@@ -52,15 +53,6 @@ def rank_rows(rows: Sequence[int], rank: int, world_size: int, grad_accum_steps:
     padded = [rows[i % len(rows)] for i in range(-(-len(rows) // unit) * unit)]
     share = len(padded) // world_size
     return padded[rank * share : (rank + 1) * share]
-
-
-def _checksum(state: dict[str, torch.Tensor]) -> str:
-    """sha256 over the keys and raw bytes of a state dict (any dtype), in key order."""
-    h = hashlib.sha256()
-    for key in sorted(state):
-        h.update(key.encode())
-        h.update(state[key].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()
 
 
 def _get_all(refs: list[Any]) -> list[Any]:
@@ -231,7 +223,7 @@ class LearnerWorker:
 
     def weights_checksum(self) -> str:
         """sha256 of the full trainable weights (a collective at ZeRO-3)."""
-        return _checksum(self._engine().state_dict_for_sync())
+        return state_checksum(self._engine().state_dict_for_sync())
 
     def node_id(self) -> str | None:
         """The Ray node this rank runs on (``None`` outside Ray)."""

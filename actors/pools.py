@@ -73,6 +73,12 @@ _OPTIONAL_AUTOSCALING_KEYS = ("look_back_period_s", "metrics_interval_s", "downs
 _OPTIONAL_DEPLOYMENT_KEYS = ("health_check_period_s", "health_check_timeout_s", "graceful_shutdown_timeout_s")
 
 
+def _node_id() -> str | None:
+    import ray
+
+    return ray.get_runtime_context().get_node_id() if ray.is_initialized() else None
+
+
 def _as_config(cfg: SrumConfig | Mapping[str, Any]) -> SrumConfig:
     return cfg if isinstance(cfg, SrumConfig) else config_from_dict(dict(cfg))
 
@@ -157,6 +163,7 @@ class _StageReplica:
             return {
                 "role": self.role,
                 "replica": self.replica_id(),
+                "node_id": _node_id(),
                 "requests": self._requests,
                 "batches": self._batches,
                 "samples": self._samples,

@@ -16,6 +16,7 @@ Two paths, chosen by ``runtime.weight_sync``:
 from __future__ import annotations
 
 import datetime
+import hashlib
 import socket
 from collections import OrderedDict
 from typing import Mapping
@@ -38,6 +39,15 @@ def _groups(state: Mapping[str, torch.Tensor]) -> "OrderedDict[tuple[str, torch.
         t = state[name]
         groups.setdefault((t.device.type, t.dtype), []).append(name)
     return groups
+
+
+def state_checksum(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over the names and raw bytes of a state dict, in name order (any dtype/device)."""
+    h = hashlib.sha256()
+    for key in sorted(state):
+        h.update(key.encode())
+        h.update(state[key].detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def state_nbytes(state: Mapping[str, torch.Tensor]) -> int:

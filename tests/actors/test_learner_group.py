@@ -13,7 +13,8 @@ import torch
 ray = pytest.importorskip("ray")
 pytest.importorskip("deepspeed")
 
-from actors.learner import LearnerGroup, LearnerWorker, _checksum, rank_rows  # noqa: E402
+from actors.learner import LearnerGroup, LearnerWorker, rank_rows  # noqa: E402
+from srum_ray.runtime.sync import state_checksum as _checksum  # noqa: E402
 from srum_ray.config.load import load_config  # noqa: E402
 from srum_ray.learner.engine import TorchEngine  # noqa: E402
 from srum_ray.models.tiny import TinyGenerator  # noqa: E402
