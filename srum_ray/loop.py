@@ -234,7 +234,7 @@ class RoundLoop:
 
     def run_round(self, r: int) -> dict[str, Any]:
         cfg, rd, rt = self.cfg, self.run_dir, self.runtime
-        t_round = time.perf_counter()
+        t_round, t_epoch = time.perf_counter(), time.time()
         for role, n in rt.replicas().items():
             self.metrics.set_replicas(role, n)
         batch, timings, counts = self.collect(r)
@@ -252,6 +252,8 @@ class RoundLoop:
         timings["sync"] = time.perf_counter() - t
         for k in ("train", "checkpoint", "sync"):
             self.metrics.observe_stage(k, timings[k])
+        if cfg.runtime.timeline and rt.timeline(rd.partial_round_dir(r) / "timeline.json", since=t_epoch):
+            log.info("ray timeline of round %d: %s", r, rd.round_dir(r) / "timeline.json")
         wall = time.perf_counter() - t_round
         row = {
             "kind": "round",

@@ -60,5 +60,10 @@ class Runtime(abc.ABC):
         """Workers per role right now."""
         return {}
 
+    def timeline(self, path: Path, since: float | None = None) -> bool:
+        """Write a trace of the tasks since ``since`` (epoch s) to ``path`` if this runtime
+        can; returns whether it did."""
+        return False
+
     def shutdown(self) -> None:
         """Release workers."""

@@ -232,8 +232,14 @@ class RayRuntime(Runtime):
             "learner": self.learner.world_size,
         }
 
-    def timeline(self, path: Path) -> bool:
-        ray.timeline(filename=str(path))
+    def timeline(self, path: Path, since: float | None = None) -> bool:
+        """Ray's chrome trace of the cluster's tasks, from ``since`` (epoch seconds) on."""
+        import json
+
+        events = ray.timeline()
+        if since is not None:
+            events = [e for e in events if float(e.get("ts", 0)) >= since * 1e6]
+        Path(path).write_text(json.dumps(events))
         return True
 
     def shutdown(self) -> None:

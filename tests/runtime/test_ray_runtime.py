@@ -56,7 +56,7 @@ def samples(rd, r):
 
 
 def test_roles_on_their_nodes_round_streams_and_survives_a_judge_kill(cluster, tmp_path):
-    cfg = cfg_for(tmp_path)
+    cfg = cfg_for(tmp_path, "runtime.timeline=true")
     rt = RayRuntime(cfg)
     try:
         gen_nodes = {g.call("node_id") for g in rt.generators}
@@ -98,6 +98,8 @@ def test_roles_on_their_nodes_round_streams_and_survives_a_judge_kill(cluster, t
         rounds = [x for x in rows if x["kind"] == "round"]
         assert rounds[-1]["replicas"]["generator"] == 2 and rounds[-1]["replicas"]["learner"] == 1
         assert rounds[-1]["sync"]["bytes"] > 0
+        trace = json.loads((rd.round_dir(1) / "timeline.json").read_text())
+        assert any("generate" in str(e.get("name", "")) for e in trace)
     finally:
         rt.shutdown()
 
@@ -147,3 +149,30 @@ def test_collective_sync_and_resume_after_the_job_is_killed(cluster, tmp_path):
     assert [x["round"] for x in rows if x["kind"] == "round"] == [0, 1]
     assert [x["step"] for x in rows if x["kind"] == "step"] == list(range(1, 9))
     assert list((rd.path / "crashed").rglob("0001.partial")), "the killed round's files are kept"
+
+
+def test_role_counts_zero_run_in_the_driver(cluster, tmp_path):
+    """Every remote count at 0: the Ray runtime runs each role in the driver process, with
+    the same results as the single-process loop; the timeline is written per round."""
+    import os
+
+    cfg = cfg_for(tmp_path, "runtime.generator.replicas=0", "runtime.grounder.max_replicas=0",
+                  "runtime.grounder.min_replicas=0", "runtime.judge.max_replicas=0",
+                  "runtime.judge.min_replicas=0", "runtime.learner.replicas=0",
+                  "train.engine=torch", "run.rounds=1", "runtime.timeline=true")
+    rt = RayRuntime(cfg)
+    try:
+        assert rt.generators[0].call("pid") == os.getpid()
+        assert rt.judge.describe() == "in the driver" and rt.grounder.describe() == "in the driver"
+        rd = RunDir.create(cfg)
+        RoundLoop(cfg, rd, runtime=rt).run()
+    finally:
+        rt.shutdown()
+    local_cfg = cfg_for(tmp_path / "local", "runtime.mode=local", "train.engine=torch", "run.rounds=1")
+    local = RunDir.create(local_cfg)
+    RoundLoop(local_cfg, local).run()
+    a, b = samples(rd, 0), samples(local, 0)
+    assert [x["global_score"] for x in a] == [x["global_score"] for x in b]
+    assert [x["region_scores"] for x in a] == [x["region_scores"] for x in b]
+    # no Ray task ran, so the round's trace is an empty chrome trace
+    assert json.loads((rd.round_dir(0) / "timeline.json").read_text()) == []
