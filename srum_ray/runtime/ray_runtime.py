@@ -245,8 +245,9 @@ class RayRuntime(Runtime):
     def shutdown(self) -> None:
         from actors.pools import shutdown_pools
 
-        closers = (self.learner.shutdown, self.judge.close, self.grounder.close,
-                   lambda: shutdown_pools(self.serve_prefix))
+        # one call removes both pool apps (or stops Serve when they are all it runs); closing
+        # each stage first would delete the apps one after the other
+        closers = (self.learner.shutdown, lambda: shutdown_pools(self.serve_prefix))
         for closer in closers:
             try:
                 closer()
