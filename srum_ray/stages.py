@@ -84,11 +84,7 @@ def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
         keys=[r.id for r in batch.records],
     )
     for rec, v in zip(batch.records, verdicts):
-        rec.global_score = v.global_score
-        rec.region_scores = list(v.region_scores)
-        rec.region_objects = list(v.region_objects)
-        rec.judge_raw = {"global": list(v.global_raw), "regions": list(v.region_raw)}
-        rec.parse = {"global": v.global_status, "regions": list(v.region_status)}
+        v.apply_to(rec)
     return batch
 
 

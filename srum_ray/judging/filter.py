@@ -9,12 +9,13 @@ prompt is about; the answer is constrained to ``yes``/``no`` and read with
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import Sequence
 
 from PIL import Image
 
 from srum_ray.config.schema import FilterConfig
+from srum_ray.judging.counters import Counters
 from srum_ray.judging.parser import parse_choice
 from srum_ray.judging.prompts import filter_prompt
 from srum_ray.models.base import AnswerConstraint, UnderstandingModel
@@ -24,7 +25,7 @@ YES_NO = AnswerConstraint("choice", ("yes", "no"))
 
 
 @dataclass
-class FilterStats:
+class FilterStats(Counters):
     """Counts of one :meth:`BoxFilter.filter` call (or a sum, see :meth:`add`).
 
     ``unparsed`` answers are also counted in ``kept`` or ``dropped`` per ``on_unparsed``.
@@ -35,15 +36,6 @@ class FilterStats:
     kept: int = 0
     dropped: int = 0
     unparsed: int = 0
-
-    def as_dict(self, prefix: str = "") -> dict[str, int]:
-        """``{prefix + name: count}`` for metrics."""
-        return {prefix + f.name: int(getattr(self, f.name)) for f in fields(self)}
-
-    def add(self, other: "FilterStats") -> None:
-        """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 class BoxFilter:

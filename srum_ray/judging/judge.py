@@ -30,13 +30,14 @@ boxes, in box order, and stay fixed across retries.
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from typing import Any, Hashable, Sequence
 
 from PIL import Image
 
 from srum_ray.config.schema import JudgeConfig
 from srum_ray.judging import prompts as P
+from srum_ray.judging.counters import Counters
 from srum_ray.judging.parser import clean_number_text, clean_object_name, parse_global, parse_local
 from srum_ray.models.base import AnswerConstraint, UnderstandingModel
 from srum_ray.types import FILTERED, MISSING, PARSED, RETRIED, Box, SampleRecord
@@ -54,7 +55,7 @@ def derive_seed(*parts: Hashable) -> int:
 
 
 @dataclass
-class JudgeStats:
+class JudgeStats(Counters):
     """Counts of one :meth:`Judge.judge` call (or a sum of calls, see :meth:`add`).
 
     ``calls`` counts :meth:`UnderstandingModel.answer` invocations and ``requests`` the
@@ -71,15 +72,6 @@ class JudgeStats:
     region_retried: int = 0
     region_missing: int = 0
     region_filtered: int = 0
-
-    def as_dict(self, prefix: str = "") -> dict[str, int]:
-        """``{prefix + name: count}`` for metrics."""
-        return {prefix + f.name: int(getattr(self, f.name)) for f in fields(self)}
-
-    def add(self, other: "JudgeStats") -> None:
-        """Add ``other``'s counts to these."""
-        for f in fields(self):
-            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
 
 
 @dataclass
