@@ -65,11 +65,47 @@ class TinyModelConfig:
 
 
 @dataclass
+class GeneratorModelConfig:
+    """A diffusers flow-matching text-to-image pipeline on disk (backend ``diffusers``)."""
+
+    #: pipeline directory (save_pretrained layout with model_index.json)
+    path: str | None = None
+    #: pipeline family; "auto" reads model_index.json's _class_name
+    family: str = choice("auto", "auto", "sd3", "flux", "sana", "qwen_image")
+    #: train the transformer fully or through LoRA adapters (peft)
+    train: str = choice("full", "full", "lora")
+    lora_rank: int = rng(16, ge=1, le=1024)
+    lora_alpha: float = rng(16.0, gt=0.0)
+    #: image side in pixels the generator draws
+    resolution: int = rng(512, ge=32, le=4096)
+    #: max prompt tokens for the pipeline's text encoders
+    max_sequence_length: int = rng(256, ge=8, le=4096)
+
+
+@dataclass
+class UnderstandingModelConfig:
+    """A transformers vision-language model on disk used as the judge (backend ``diffusers``)."""
+
+    path: str | None = None
+    #: model family; "auto" reads config.json's model_type
+    family: str = choice("auto", "auto", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3")
+    #: use the generator's own text encoder as the judge when it is a VLM (Qwen-Image encodes
+    #: prompts with Qwen2.5-VL): one copy in memory
+    share_with_generator: bool = False
+    #: longest image side given to the judge, in pixels (processors may resize further)
+    image_max_side: int = rng(448, ge=28, le=4096)
+
+
+@dataclass
 class ModelConfig:
-    backend: str = choice("tiny", "tiny")
-    #: checkpoint directory of a real model (other backends); must exist when set
+    #: "tiny": random models built in memory (or a tiny checkpoint); "diffusers": a diffusers
+    #: pipeline as generator and a transformers VLM as judge, from local paths
+    backend: str = choice("tiny", "tiny", "diffusers")
+    #: checkpoint directory of the tiny backend (save_tiny_checkpoint layout); must exist when set
     checkpoint: str | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)
+    generator: GeneratorModelConfig = field(default_factory=GeneratorModelConfig)
+    understanding: UnderstandingModelConfig = field(default_factory=UnderstandingModelConfig)
 
 
 @dataclass
