@@ -46,6 +46,11 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
             check_checkpoint(cfg.model)
         except FileNotFoundError as e:
             raise PreflightError(f"model.checkpoint: {e}") from e
+    if cfg.grounder.kind == "sam_hf":
+        if cfg.grounder.sam.checkpoint is None:
+            raise PreflightError("grounder.sam.checkpoint is required for grounder.kind=sam_hf "
+                                 "(a transformers SamModel directory)")
+        _check_readable("grounder.sam.checkpoint", cfg.grounder.sam.checkpoint, want_dir=True)
     if cfg.grounder.kind == "sam":
         sam = cfg.grounder.sam
         if sam.checkpoint is not None:

@@ -37,6 +37,8 @@ def cli(*args, cwd=ROOT):
          "grounder.sam.checkpoint: expected a file, got a directory: configs"),
         (["run", "--config", "configs/tiny.yaml", "grounder.sam.model_type=vit_h"],
          "grounder.sam.checkpoint is required"),
+        (["run", "--config", "configs/tiny.yaml", "grounder.kind=sam_hf"],
+         "grounder.sam.checkpoint is required for grounder.kind=sam_hf"),
         (["run", "--resume", "/no/such/run"], "run directory to resume not found"),
         (["check", "--config", "configs/tiny.yaml", "train.batch_size=99"], "train.batch_size = 99"),
     ],

@@ -131,7 +131,9 @@ class SamConfig:
 
 @dataclass
 class GrounderConfig:
-    kind: str = choice("sam", "sam", "model", "none")
+    #: "sam": segment-anything checkpoint (.pth); "sam_hf": transformers SamModel directory;
+    #: "model": the understanding module's own grounding; "none": global score only
+    kind: str = choice("sam", "sam", "sam_hf", "model", "none")
     #: keep the largest N boxes by area (public code: 10)
     max_boxes: int = rng(10, ge=1, le=100)
     #: drop boxes smaller than this fraction of the image

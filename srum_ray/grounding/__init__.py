@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     from srum_ray.models.base import UnderstandingModel
 
 #: names accepted in ``GrounderConfig.kind``
-GROUNDER_KINDS = ("sam", "model", "none")
+GROUNDER_KINDS = ("sam", "sam_hf", "model", "none")
 
 
 def build_grounder(
@@ -44,6 +44,10 @@ def build_grounder(
     """
     if cfg.kind == "sam":
         return SamGrounder(cfg, device=device)
+    if cfg.kind == "sam_hf":
+        from srum_ray.grounding.hf_sam import HfSamGrounder
+
+        return HfSamGrounder(cfg, device=device)
     if cfg.kind == "model":
         if understanding is None:
             raise ValueError(
