@@ -38,6 +38,12 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
         n = len(load_prompts(cfg.data.prompts))
     except PromptFileError as e:
         raise PreflightError(f"data.prompts: {e}") from e
+    from srum_ray.models.registry import check_backend
+
+    try:
+        check_backend(cfg.model)
+    except ValueError as e:
+        raise PreflightError(str(e)) from e
     if cfg.model.checkpoint is not None:
         _check_readable("model.checkpoint", cfg.model.checkpoint, want_dir=True)
         from srum_ray.models.registry import check_checkpoint

@@ -41,6 +41,7 @@ def cli(*args, cwd=ROOT):
          "grounder.sam.checkpoint is required for grounder.kind=sam_hf"),
         (["run", "--resume", "/no/such/run"], "run directory to resume not found"),
         (["check", "--config", "configs/tiny.yaml", "train.batch_size=99"], "train.batch_size = 99"),
+        (["check", "--config", "configs/tiny.yaml", "model.backend=nope"], "model.backend = 'nope' is not registered"),
     ],
 )
 def test_bad_input_is_one_line_before_any_model_loads(args, fragment, tmp_path):
@@ -92,3 +93,21 @@ def test_check_run_show_and_resume(tmp_path, capsys, monkeypatch):
     assert main(["show", str(run_dir)]) == 0
     shown = capsys.readouterr().out
     assert "2 rounds complete" in shown and "r0001-00000-0" in shown
+
+
+def test_plugin_backend_is_imported_and_checked(tmp_path):
+    """A backend registered by a plugin module passes the check; an unknown one is named."""
+    (tmp_path / "my_backend.py").write_text(
+        "from srum_ray.models.registry import BACKENDS, register_backend\n"
+        "@register_backend('mine')\n"
+        "def build(model_cfg, gen_cfg, device, dtype, parts=('generator', 'understanding')):\n"
+        "    return BACKENDS.get('tiny')(model_cfg, gen_cfg, device, dtype, parts=parts)\n"
+    )
+    env = {**__import__("os").environ, "PYTHONPATH": str(tmp_path)}
+    ok = subprocess.run([sys.executable, "-m", "srum_ray.cli", "check", "--config", "configs/tiny.yaml",
+                         "model.plugins=[my_backend]", "model.backend=mine"],
+                        cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert ok.returncode == 0 and "backend mine" in ok.stdout, ok.stderr[-1000:]
+    bad = subprocess.run([sys.executable, "-m", "srum_ray.cli", "check", "--config", "configs/tiny.yaml",
+                          "model.backend=mine"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert bad.returncode == 2 and "model.backend = 'mine' is not registered (allowed: " in bad.stderr

@@ -99,8 +99,12 @@ class UnderstandingModelConfig:
 @dataclass
 class ModelConfig:
     #: "tiny": random models built in memory (or a tiny checkpoint); "diffusers": a diffusers
-    #: pipeline as generator and a transformers VLM as judge, from local paths
-    backend: str = choice("tiny", "tiny", "diffusers")
+    #: pipeline as generator and a transformers VLM as judge, from local paths; or any backend
+    #: a plugin registers (checked against the registry before anything loads)
+    backend: str = "tiny"
+    #: python modules imported before the model is built, so they can register backends
+    #: (docs/BACKENDS.md)
+    plugins: list[str] = field(default_factory=list)
     #: checkpoint directory of the tiny backend (save_tiny_checkpoint layout); must exist when set
     checkpoint: str | None = None
     tiny: TinyModelConfig = field(default_factory=TinyModelConfig)

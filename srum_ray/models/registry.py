@@ -117,6 +117,28 @@ def save_tiny_checkpoint(model: UnifiedModel, path: str | Path) -> Path:
     return root
 
 
+def load_plugins(model_cfg: ModelConfig) -> None:
+    """Import ``model.plugins`` (modules that register backends); one-line error if one fails."""
+    import importlib
+
+    for name in model_cfg.plugins:
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - any import failure is the user's plugin
+            raise ValueError(f"model.plugins: cannot import {name!r}: {type(e).__name__}: {e}") from e
+
+
+def check_backend(model_cfg: ModelConfig, registry: BackendRegistry | None = None) -> None:
+    """Raise ValueError naming ``model.backend`` and the registered ones if it is unknown."""
+    load_plugins(model_cfg)
+    reg = registry if registry is not None else BACKENDS
+    if model_cfg.backend not in reg.names():
+        raise ValueError(
+            f"model.backend = {model_cfg.backend!r} is not registered "
+            f"(allowed: {', '.join(reg.names())}; a plugin can add one: model.plugins)"
+        )
+
+
 def check_checkpoint(model_cfg: ModelConfig) -> None:
     """Check that ``model_cfg.checkpoint`` holds every file its backend loads, loading nothing.
 
