@@ -46,12 +46,13 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
         raise PreflightError(str(e)) from e
     if cfg.model.checkpoint is not None:
         _check_readable("model.checkpoint", cfg.model.checkpoint, want_dir=True)
-        from srum_ray.models.registry import check_checkpoint
+    from srum_ray.models.registry import check_checkpoint
 
-        try:
-            check_checkpoint(cfg.model)
-        except FileNotFoundError as e:
-            raise PreflightError(f"model.checkpoint: {e}") from e
+    try:
+        check_checkpoint(cfg.model)
+    except FileNotFoundError as e:
+        key = "model.checkpoint" if cfg.model.backend == "tiny" else f"model ({cfg.model.backend})"
+        raise PreflightError(f"{key}: {e}") from e
     if cfg.grounder.kind == "sam_hf":
         if cfg.grounder.sam.checkpoint is None:
             raise PreflightError("grounder.sam.checkpoint is required for grounder.kind=sam_hf "

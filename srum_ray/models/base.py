@@ -15,6 +15,7 @@ A UMM is split in two roles that may or may not share weights:
 from __future__ import annotations
 
 import abc
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Literal, Sequence
 
@@ -22,6 +23,18 @@ import torch
 from PIL import Image
 
 from srum_ray.types import Box
+
+
+def check_files(path: str | Path, required: Sequence[str], what: str) -> Path:
+    """Raise a one-line ``FileNotFoundError`` naming ``path`` if any required file is absent."""
+    root = Path(path)
+    if not root.is_dir():
+        raise FileNotFoundError(f"{what} checkpoint directory not found: {root}")
+    missing = [f for f in required if not (root / f).is_file()]
+    if missing:
+        listed = ", ".join(missing)
+        raise FileNotFoundError(f"incomplete {what} checkpoint at {root}: missing {listed}")
+    return root
 
 
 @dataclass

@@ -144,14 +144,57 @@ def check_checkpoint(model_cfg: ModelConfig) -> None:
 
     Raises a one-line ``FileNotFoundError`` naming the path and the missing files.
     """
-    if not model_cfg.checkpoint:
+    if model_cfg.backend == "diffusers":
+        from srum_ray.models.base import check_files
+
+        if not model_cfg.generator.path:
+            raise FileNotFoundError("model.generator.path is not set (a diffusers pipeline directory)")
+        check_files(model_cfg.generator.path, ("model_index.json",), "diffusers pipeline")
+        if not model_cfg.understanding.share_with_generator:
+            if not model_cfg.understanding.path:
+                raise FileNotFoundError("model.understanding.path is not set (a transformers VLM directory)")
+            check_files(model_cfg.understanding.path, ("config.json",), "vision-language model")
         return
-    if model_cfg.backend == "tiny":
+    if model_cfg.backend == "tiny" and model_cfg.checkpoint:
         from srum_ray.models.tiny import _GEN_FILES, check_files
         from srum_ray.models.tiny_vlm import _VLM_FILES
 
         root = check_files(model_cfg.checkpoint, (), "tiny")
         check_files(root, [f"generator/{f}" for f in _GEN_FILES] + [f"understanding/{f}" for f in _VLM_FILES], "tiny")
+
+
+@register_backend("diffusers")
+def _build_diffusers(
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    parts: tuple[str, ...] = ("generator", "understanding"),
+) -> UnifiedModel:
+    """A diffusers pipeline (``model.generator``) and a transformers VLM (``model.understanding``).
+
+    With ``model.understanding.share_with_generator`` the judge is the pipeline's own VLM text
+    encoder (Qwen-Image's Qwen2.5-VL): one copy in memory, so a judge-only build loads the
+    pipeline too.
+    """
+    from srum_ray.models.diffusers_gen import build_diffusers_generator
+    from srum_ray.models.transformers_judge import build_transformers_understanding
+
+    share = model_cfg.understanding.share_with_generator
+    gen = None
+    if "generator" in parts or (share and "understanding" in parts):
+        gen = build_diffusers_generator(model_cfg, gen_cfg, device, dtype)
+    und = None
+    if "understanding" in parts:
+        if share:
+            und = build_transformers_understanding(
+                model_cfg, device, dtype,
+                text_encoder=getattr(gen.pipe, "text_encoder", None),
+                tokenizer=getattr(gen.pipe, "tokenizer", None),
+            )
+        else:
+            und = build_transformers_understanding(model_cfg, device, dtype)
+    return UnifiedModel(gen if "generator" in parts else None, und)
 
 
 @register_backend("tiny")

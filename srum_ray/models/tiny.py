@@ -29,6 +29,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
 from srum_ray.config.schema import GenerationConfig, TinyModelConfig
+from srum_ray.models.base import check_files  # noqa: F401 - re-exported
 from srum_ray.models.base import GenerationModel, GenerationOutput
 from srum_ray.models.tokenizer import build_tokenizer
 
@@ -57,18 +58,6 @@ def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
     if dtype not in names:
         raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
     return names[dtype]
-
-
-def check_files(path: str | Path, required: Sequence[str], what: str) -> Path:
-    """Raise a one-line ``FileNotFoundError`` naming ``path`` if any required file is absent."""
-    root = Path(path)
-    if not root.is_dir():
-        raise FileNotFoundError(f"{what} checkpoint directory not found: {root}")
-    missing = [f for f in required if not (root / f).is_file()]
-    if missing:
-        listed = ", ".join(missing)
-        raise FileNotFoundError(f"incomplete {what} checkpoint at {root}: missing {listed}")
-    return root
 
 
 def _build_components(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> dict:
