@@ -123,3 +123,18 @@ def test_dump_is_safe_yaml(tmp_path):
     data = yaml.safe_load((tmp_path / "c.yaml").read_text())
     assert data["train"]["lr"] == 5e-5
     assert load_config(tmp_path / "c.yaml") == cfg
+
+
+def test_model_presets_name_a_family_and_leave_paths_to_the_user():
+    presets = sorted((ROOT / "configs/models").glob("*.yaml"))
+    assert len(presets) >= 5
+    gen_families, judge_families = set(), set()
+    for path in presets:
+        cfg = load_config(path)
+        assert cfg.model.backend == "diffusers"
+        assert cfg.model.generator.path is None and cfg.model.understanding.path is None
+        assert cfg.train.betas == [0.9, 0.95] and cfg.train.lambda_c == 0.5  # the SPEC recipe
+        gen_families.add(cfg.model.generator.family)
+        judge_families.add("shared" if cfg.model.understanding.share_with_generator else cfg.model.understanding.family)
+    assert gen_families == {"sd3", "flux", "sana", "qwen_image"}
+    assert {"qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3", "shared"} <= judge_families
