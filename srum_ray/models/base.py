@@ -37,6 +37,34 @@ def check_files(path: str | Path, required: Sequence[str], what: str) -> Path:
     return root
 
 
+def batch_times(t: torch.Tensor | float, batch: int, device: torch.device | str) -> torch.Tensor:
+    """Flow times as a float32 ``[batch]`` tensor on ``device`` (a scalar is broadcast)."""
+    t = torch.as_tensor(t, dtype=torch.float32, device=device).reshape(-1)
+    if t.numel() == 1:
+        t = t.expand(batch)
+    if t.numel() != batch:
+        raise ValueError(f"t has {t.numel()} entries for a batch of {batch}")
+    return t
+
+
+def check_answer_args(
+    images: Sequence[Image.Image],
+    prompts: Sequence[str],
+    max_new_tokens: int,
+    temperature: float,
+    constraint: "AnswerConstraint | None",
+) -> None:
+    """The argument checks every :meth:`UnderstandingModel.answer` makes (ValueError)."""
+    if len(images) != len(prompts):
+        raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if constraint is not None and constraint.kind not in ("choice", "number"):
+        raise ValueError(f"unknown constraint kind {constraint.kind!r}")
+
+
 @dataclass
 class GenerationOutput:
     """Result of :meth:`GenerationModel.generate`.

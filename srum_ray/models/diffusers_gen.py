@@ -36,7 +36,7 @@ from PIL import Image
 
 from srum_ray.config.schema import GenerationConfig, GeneratorModelConfig, ModelConfig
 from srum_ray.models._families import BY_PIPELINE_CLASS, FAMILIES, Family
-from srum_ray.models.base import GenerationModel, GenerationOutput
+from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times
 from srum_ray.models.tiny import as_dtype, images_to_tensor, tensor_to_images
 
 #: attention projections LoRA adapts (present in every supported transformer)
@@ -223,12 +223,7 @@ class DiffusersGenerator(GenerationModel):
             t: flow times in [0, 1], ``[B]`` or a scalar.
             cond: the tensors of :meth:`encode_prompts` (any device).
         """
-        batch = x_t.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        if t.numel() != batch:
-            raise ValueError(f"t has {t.numel()} entries for a batch of {batch}")
+        t = batch_times(t, x_t.shape[0], self.device)
         cond = {k: self._to_model(v) for k, v in cond.items()}
         out = self.family.velocity(self.pipe, x_t.to(self.device, self.dtype), t, cond)
         return out.to(x_t.dtype)

@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrained
 
 from srum_ray.config.schema import GenerationConfig, TinyModelConfig
 from srum_ray.models.base import check_files  # noqa: F401 - re-exported
-from srum_ray.models.base import GenerationModel, GenerationOutput
+from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times
 from srum_ray.models.tokenizer import build_tokenizer
 
 #: file written beside the components with the configs the generator was built from
@@ -202,12 +202,7 @@ class TinyGenerator(GenerationModel):
         The target is ``eps - x0``; ``t`` in [0, 1] (shape ``[B]`` or scalar) is passed to
         the transformer as ``1000 t``, the SD3 timestep convention.
         """
-        batch = x_t.shape[0]
-        t = torch.as_tensor(t, dtype=torch.float32, device=self.device).reshape(-1)
-        if t.numel() == 1:
-            t = t.expand(batch)
-        if t.numel() != batch:
-            raise ValueError(f"t has {t.numel()} entries for a batch of {batch}")
+        t = batch_times(t, x_t.shape[0], self.device)
         out = self._transformer_call(
             x_t.to(self.device, self.dtype),
             1000.0 * t,

@@ -28,7 +28,7 @@ from transformers import (
 from transformers import GenerationConfig as HFGenerationConfig
 
 from srum_ray.config.schema import TinyModelConfig
-from srum_ray.models.base import AnswerConstraint, UnderstandingModel
+from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
 from srum_ray.models.constraints import ScoreGrammar
 from srum_ray.models.tiny import as_dtype, check_files
 from srum_ray.models.tokenizer import build_tokenizer
@@ -177,12 +177,7 @@ class TinyUnderstanding(UnderstandingModel):
         choice string is returned; under ``"number"`` the answer follows
         :class:`~srum_ray.models.constraints.ScoreGrammar` (a score in [-1, 1]). Answers are stripped of surrounding whitespace.
         """
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_answer_args(images, prompts, max_new_tokens, temperature, constraint)
         if not prompts:
             return []
         allowed, firsts, number = None, None, False
@@ -191,10 +186,8 @@ class TinyUnderstanding(UnderstandingModel):
             allowed = torch.zeros(len(self.tokenizer), dtype=torch.bool)
             allowed[firsts] = True
             max_new_tokens = 1
-        elif constraint is not None and constraint.kind == "number":
+        elif constraint is not None:  # "number"
             number = True
-        elif constraint is not None:
-            raise ValueError(f"unknown constraint kind {constraint.kind!r}")
 
         inputs = self.processor(
             images=[img.convert("RGB") for img in images],

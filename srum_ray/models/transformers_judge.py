@@ -23,7 +23,7 @@ from transformers import GenerationConfig as HFGenerationConfig
 from srum_ray.config.schema import ModelConfig, UnderstandingModelConfig
 from srum_ray.grounding.model_grounder import parse_boxes
 from srum_ray.models import _vlm_families as F
-from srum_ray.models.base import AnswerConstraint, UnderstandingModel
+from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
 from srum_ray.models.constraints import ScoreGrammar, allowed_choice_tokens
 from srum_ray.models.tiny import as_dtype
 from srum_ray.models.tiny_vlm import AllowedTokens
@@ -247,16 +247,9 @@ class TransformersUnderstanding(UnderstandingModel):
         returns that choice; ``"number"`` follows
         :class:`~srum_ray.models.constraints.ScoreGrammar`. Answers are stripped.
         """
-        if len(images) != len(prompts):
-            raise ValueError(f"got {len(images)} images but {len(prompts)} prompts")
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+        check_answer_args(images, prompts, max_new_tokens, temperature, constraint)
         if not prompts:
             return []
-        if constraint is not None and constraint.kind not in ("choice", "number"):
-            raise ValueError(f"unknown constraint kind {constraint.kind!r}")
         inputs = self._inputs(images, prompts)
         prompt_len = inputs["input_ids"].shape[1]
         procs = LogitsProcessorList()
