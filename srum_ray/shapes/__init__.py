@@ -1,0 +1,1 @@
+"""The shapes world: procedural scenes, prompts about them, a renderer and an exact evaluator."""
