@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-ray = pytest.importorskip("ray")
-pytest.importorskip("deepspeed")
+import deepspeed  # noqa: E402,F401 - required by the dev extras: a missing install fails
+import ray  # noqa: E402
 
 from actors.learner import LearnerGroup, LearnerWorker, rank_rows  # noqa: E402
 from srum_ray.runtime.sync import state_checksum as _checksum  # noqa: E402

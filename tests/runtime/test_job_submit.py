@@ -253,7 +253,6 @@ class LocalHead:
 
 @pytest.fixture(scope="module")
 def local_head():
-    pytest.importorskip("ray")
     head = LocalHead()
     try:
         yield head

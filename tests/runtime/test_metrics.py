@@ -131,7 +131,8 @@ def _free_port() -> int:
 
 @pytest.fixture(scope="module")
 def metrics_url():
-    ray = pytest.importorskip("ray")
+    import ray
+
     port = _free_port()
     # 1000 ms is the floor of the report interval (default 10 s): values show in about 1 s
     ray.init(

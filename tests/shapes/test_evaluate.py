@@ -197,8 +197,8 @@ def test_blurred_noisy_renders_are_still_read(sigma, noise, min_rate):
 def test_validation_on_ground_truth_and_wrong_scenes():
     """Issue 4 point 3: >= 98% on ground-truth renders of sampled prompts, <= 2% on renders
     deliberately wrong in one attribute; every category is covered."""
-    grammar = pytest.importorskip("srum_ray.shapes.grammar")
-    sampler = pytest.importorskip("srum_ray.shapes.sampler")
+    from srum_ray.shapes import grammar, sampler
+
     rng = random.Random(0)
     specs = [grammar.sample_prompt(cat, rng) for cat in CATEGORIES for _ in range(50)]
     gt = evaluate(specs, [render(sampler.scene_for(s, rng)) for s in specs])
