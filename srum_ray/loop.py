@@ -174,7 +174,8 @@ class RoundLoop:
         rd.start_round(r)
         timings = {k: 0.0 for k in ("generate", "propose", "filter", "judge", "reward", "write")}
         missing: dict[str, int] = {}
-        by_id: dict[str, RolloutBatch] = {}
+        chunks: list[RolloutBatch] = []
+        seen: set[str] = set()
         bar = tqdm(
             total=len(specs), desc=f"round {r + 1}/{cfg.run.rounds}", unit="img",
             disable=not cfg.run.progress, file=sys.stderr, dynamic_ncols=True,
@@ -190,23 +191,26 @@ class RoundLoop:
                 missing[k] = missing.get(k, 0) + v
             timings["reward"] += time.perf_counter() - t
             t = time.perf_counter()
-            for i, (rec, image, R) in enumerate(zip(batch.records, batch.images, maps)):
-                if rec.id in by_id:
+            for rec, image, R in zip(batch.records, batch.images, maps):
+                if rec.id in seen:
                     raise RuntimeError(f"sample {rec.id} came back twice in round {r}")
+                seen.add(rec.id)
                 rd.write_image(r, rec, image)
                 rd.write_reward_map(r, rec, R)
                 if cfg.output.overlays:
                     rd.write_overlay(r, rec, overlay_picture(image, rec, R))
-                by_id[rec.id] = batch.select([i])
+            chunks.append(batch)
             timings["write"] += time.perf_counter() - t
             bar.update(len(batch))
 
         self.runtime.collect(specs, r, on_batch)
         bar.close()
-        lost = [s.id for s in specs if s.id not in by_id]
-        if lost or len(by_id) != len(specs):
+        lost = [s.id for s in specs if s.id not in seen]
+        if lost or len(seen) != len(specs):
             raise RuntimeError(f"round {r}: {len(lost)} samples never came back: {lost[:5]}")
-        batch = RolloutBatch.concat(by_id[s.id] for s in specs)
+        arrived = RolloutBatch.concat(chunks)  # completion order
+        row = {rec.id: i for i, rec in enumerate(arrived.records)}
+        batch = arrived.select([row[s.id] for s in specs])  # spec order
         rd.write_samples(r, batch.records)
         if cfg.output.overlays:
             d = rd.partial_round_dir(r)

@@ -21,15 +21,12 @@ from transformers import (
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaProcessor,
-    LogitsProcessor,
-    LogitsProcessorList,
     PreTrainedTokenizerFast,
 )
-from transformers import GenerationConfig as HFGenerationConfig
 
 from srum_ray.config.schema import TinyModelConfig
 from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
-from srum_ray.models.constraints import ScoreGrammar
+from srum_ray.models.constraints import generate_answers
 from srum_ray.models.tiny import as_dtype, check_files
 from srum_ray.models.tokenizer import build_tokenizer
 
@@ -42,19 +39,6 @@ _VLM_FILES = (
     "processor/tokenizer.json",
     "processor/processor_config.json",
 )
-
-
-class AllowedTokens(LogitsProcessor):
-    """Sets the score of every token outside ``allowed`` (a ``[V]`` bool mask) to ``-inf``."""
-
-    def __init__(self, allowed: torch.Tensor) -> None:
-        self.allowed = allowed
-
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
-        mask = torch.zeros(scores.shape[-1], dtype=torch.bool, device=scores.device)
-        n = min(mask.numel(), self.allowed.numel())
-        mask[:n] = self.allowed[:n].to(scores.device)
-        return scores.masked_fill(~mask, float("-inf"))
 
 
 def choice_first_tokens(tokenizer: PreTrainedTokenizerFast, choices: Sequence[str]) -> list[int]:
@@ -180,15 +164,9 @@ class TinyUnderstanding(UnderstandingModel):
         check_answer_args(images, prompts, max_new_tokens, temperature, constraint)
         if not prompts:
             return []
-        allowed, firsts, number = None, None, False
+        firsts = None
         if constraint is not None and constraint.kind == "choice":
-            firsts = choice_first_tokens(self.tokenizer, constraint.choices)
-            allowed = torch.zeros(len(self.tokenizer), dtype=torch.bool)
-            allowed[firsts] = True
-            max_new_tokens = 1
-        elif constraint is not None:  # "number"
-            number = True
-
+            firsts = {tok: i for i, tok in enumerate(choice_first_tokens(self.tokenizer, constraint.choices))}
         inputs = self.processor(
             images=[img.convert("RGB") for img in images],
             text=[PROMPT_TEMPLATE.format(prompt=p) for p in prompts],
@@ -196,26 +174,13 @@ class TinyUnderstanding(UnderstandingModel):
             return_tensors="pt",
         ).to(self.device)
         inputs["pixel_values"] = inputs["pixel_values"].to(self.dtype)
-        sample = temperature > 0
-        gen_cfg = HFGenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else 1.0,
-            pad_token_id=self.tokenizer.pad_token_id,
-            bos_token_id=self.tokenizer.bos_token_id,
+        return generate_answers(
+            self.model, self.tokenizer, inputs,
+            max_new_tokens=max_new_tokens, constraint=constraint, temperature=temperature,
+            seed=seed, device=self.device, choice_tokens=firsts, vocab=len(self.tokenizer),
+            pad_token_id=self.tokenizer.pad_token_id, bos_token_id=self.tokenizer.bos_token_id,
             eos_token_id=self.tokenizer.eos_token_id,
         )
-        procs = LogitsProcessorList([AllowedTokens(allowed)] if allowed is not None else [])
-        if number:
-            procs.append(ScoreGrammar(self.tokenizer, inputs["input_ids"].shape[1]))
-        with torch.random.fork_rng(devices=[] if self.device.type == "cpu" else [self.device]):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=procs)
-        new = out[:, inputs["input_ids"].shape[1] :]
-        if firsts is not None:
-            return [constraint.choices[firsts.index(int(row[0]))] for row in new]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     def save_pretrained(self, path: str | Path) -> None:
         """Write ``model/`` and ``processor/`` with the libraries' ``save_pretrained``."""

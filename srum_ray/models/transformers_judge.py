@@ -17,16 +17,14 @@ from typing import Any, Sequence
 
 import torch
 from PIL import Image
-from transformers import AutoConfig, AutoModelForImageTextToText, LogitsProcessorList
-from transformers import GenerationConfig as HFGenerationConfig
+from transformers import AutoConfig, AutoModelForImageTextToText
 
 from srum_ray.config.schema import ModelConfig, UnderstandingModelConfig
 from srum_ray.grounding.model_grounder import parse_boxes
 from srum_ray.models import _vlm_families as F
 from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
-from srum_ray.models.constraints import ScoreGrammar, allowed_choice_tokens
+from srum_ray.models.constraints import generate_answers
 from srum_ray.models.tiny import as_dtype
-from srum_ray.models.tiny_vlm import AllowedTokens
 from srum_ray.types import Box
 
 
@@ -251,34 +249,16 @@ class TransformersUnderstanding(UnderstandingModel):
         if not prompts:
             return []
         inputs = self._inputs(images, prompts)
-        prompt_len = inputs["input_ids"].shape[1]
-        procs = LogitsProcessorList()
-        firsts: dict[int, int] | None = None
+        firsts, vocab = None, None
         if constraint is not None and constraint.kind == "choice":
             firsts = choice_token_map(self.tokenizer, constraint.choices)
-            vocab = self.model.get_output_embeddings().weight.shape[0]
-            vocab = max(vocab, len(self.tokenizer))
-            procs.append(AllowedTokens(allowed_choice_tokens(list(firsts), vocab)))
-            max_new_tokens = 1
-        elif constraint is not None:
-            procs.append(ScoreGrammar(self.tokenizer, prompt_len))
-        sample = temperature > 0
-        gen_cfg = HFGenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sample,
-            temperature=temperature if sample else 1.0,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self._eos_ids(),
+            vocab = max(self.model.get_output_embeddings().weight.shape[0], len(self.tokenizer))
+        return generate_answers(
+            self.model, self.tokenizer, inputs,
+            max_new_tokens=max_new_tokens, constraint=constraint, temperature=temperature,
+            seed=seed, device=self.device, choice_tokens=firsts, vocab=vocab,
+            pad_token_id=self.tokenizer.pad_token_id, eos_token_id=self._eos_ids(),
         )
-        devices = [] if self.device.type == "cpu" else [self.device]
-        with torch.random.fork_rng(devices=devices):
-            if seed is not None:
-                torch.manual_seed(int(seed))
-            out = self.model.generate(**inputs, generation_config=gen_cfg, logits_processor=procs)
-        new = out[:, prompt_len:]
-        if firsts is not None:
-            return [constraint.choices[firsts[int(row[0])]] for row in new]
-        return [t.strip() for t in self.tokenizer.batch_decode(new, skip_special_tokens=True)]
 
     # ------------------------------------------------------------------ grounding
     def processor_sizes(self, images: Sequence[Image.Image]) -> list[tuple[int, int]]:

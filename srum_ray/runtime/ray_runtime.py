@@ -26,7 +26,7 @@ from srum_ray.config.load import config_to_dict
 from srum_ray.config.schema import SrumConfig
 from srum_ray.data import SampleSpec
 from srum_ray.runtime.base import OnBatch, Runtime
-from srum_ray.runtime.sync import free_port, state_nbytes
+from srum_ray.runtime.stage_client import images_only
 from srum_ray.types import RolloutBatch
 
 log = logging.getLogger("srum_ray")
@@ -38,11 +38,6 @@ def init_ray(address: str | None) -> bool:
         return False
     ray.init(address=address, log_to_driver=True, configure_logging=False)
     return True
-
-
-def _strip(batch: RolloutBatch) -> RolloutBatch:
-    """What a pool request needs: records and images, no latents or conditioning."""
-    return RolloutBatch(records=batch.records, images=batch.images)
 
 
 def _merge(full: RolloutBatch, answered: RolloutBatch) -> RolloutBatch:
@@ -155,8 +150,8 @@ class RayRuntime(Runtime):
         def run_chunk(chunk: list[SampleSpec]) -> tuple[RolloutBatch, dict[str, float]]:
             seconds: dict[str, float] = {}
             batch = self._timed("generate", seconds, lambda: self._generate(free, chunk, round_index))
-            boxed = self._timed("propose", seconds, lambda: self.grounder.call(_strip(batch)))
-            judged = self._timed("judge", seconds, lambda: self.judge.call(_strip(_merge(batch, boxed))))
+            boxed = self._timed("propose", seconds, lambda: self.grounder.call(images_only(batch)))
+            judged = self._timed("judge", seconds, lambda: self.judge.call(images_only(_merge(batch, boxed))))
             return _merge(batch, judged), seconds
 
         workers = max(1, min(len(chunks), 4 * len(self.generators) + 4))
@@ -192,7 +187,7 @@ class RayRuntime(Runtime):
         got = ray.get(remote) + [g.call("load_weights", ray.get(ref), version) for g in local]
         if any(v != version for v in got):
             raise RuntimeError(f"weight sync: generators report versions {got}, expected {version}")
-        return int(ray.get(self.learner.state_nbytes_ref(ref))) if hasattr(self.learner, "state_nbytes_ref") else 0
+        return int(ray.get(self.learner.state_nbytes_ref(ref)))
 
     def _push_collective(self, version: int) -> int:
         remote = [g for g in self.generators if isinstance(g, _RemoteGenerator)]
