@@ -38,6 +38,9 @@ from srum_ray.viz import contact_sheet, overlay_picture
 
 log = logging.getLogger("srum_ray")
 
+#: overview.png tiles at most this many overlays (the first samples to arrive)
+OVERVIEW_MAX = 64
+
 
 def _mean(xs: list[float]) -> float | None:
     return sum(xs) / len(xs) if xs else None
@@ -176,6 +179,7 @@ class RoundLoop:
         missing: dict[str, int] = {}
         chunks: list[RolloutBatch] = []
         seen: set[str] = set()
+        overview: list[Image.Image] = []
         bar = tqdm(
             total=len(specs), desc=f"round {r + 1}/{cfg.run.rounds}", unit="img",
             disable=not cfg.run.progress, file=sys.stderr, dynamic_ncols=True,
@@ -198,7 +202,10 @@ class RoundLoop:
                 rd.write_image(r, rec, image)
                 rd.write_reward_map(r, rec, R)
                 if cfg.output.overlays:
-                    rd.write_overlay(r, rec, overlay_picture(image, rec, R))
+                    picture = overlay_picture(image, rec, R)
+                    rd.write_overlay(r, rec, picture)
+                    if len(overview) < OVERVIEW_MAX:
+                        overview.append(picture)
             chunks.append(batch)
             timings["write"] += time.perf_counter() - t
             bar.update(len(batch))
@@ -212,10 +219,8 @@ class RoundLoop:
         row = {rec.id: i for i, rec in enumerate(arrived.records)}
         batch = arrived.select([row[s.id] for s in specs])  # spec order
         rd.write_samples(r, batch.records)
-        if cfg.output.overlays:
-            d = rd.partial_round_dir(r)
-            sheet = contact_sheet([Image.open(d / rec.overlay) for rec in batch.records])
-            sheet.save(d / "overview.png")
+        if overview:
+            contact_sheet(overview).save(rd.partial_round_dir(r) / "overview.png")
         return batch, timings, {"missing_policy": missing}
 
     def learn(self, r: int, batch: RolloutBatch) -> list[dict[str, Any]]:

@@ -9,7 +9,7 @@ Layout (paths in records are relative to the round directory)::
     RUN/rounds/NNNN/images/ID.png   generated images
     RUN/rounds/NNNN/reward_maps/ID.npy   R before alpha, float32, image resolution
     RUN/rounds/NNNN/overlays/ID.png      image + boxes + scores + reward map
-    RUN/rounds/NNNN/overview.png         all overlays of the round on one sheet
+    RUN/rounds/NNNN/overview.png         the first 64 overlays of the round on one sheet
     RUN/checkpoints/NNNN/           learner state after round NNNN (weights version NNNN+1)
     RUN/crashed/                    what an interrupted round had written (kept, not reused)
 
