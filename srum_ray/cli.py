@@ -4,6 +4,7 @@
     srum-ray run --resume RUN_DIR [run.rounds=N]
     srum-ray check --config configs/tiny.yaml [key.path=value ...]
     srum-ray show RUN_DIR [--round N]
+    srum-ray demo [--config configs/shapes.yaml] [--arms sft,srum] [--seed 0] [key.path=value ...]
 
 Every config, prompt-file, checkpoint-path or run-directory problem is reported as one line
 ``srum-ray: error: ...`` with exit status 2, before any model is loaded.
@@ -106,6 +107,16 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    _setup_logging()
+    from srum_ray.shapes.demo import run_demo
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    run_demo(args.config, args.overrides, arms=arms, seed=args.seed, n_val=args.val_prompts,
+             n_test=args.test_prompts, out=args.out)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="srum-ray", description=__doc__.split("\n")[0])
     sub = p.add_subparsers(dest="command", required=True)
@@ -122,6 +133,16 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("run_dir")
     show.add_argument("--round", type=int)
     show.set_defaults(func=cmd_show)
+    demo = sub.add_parser("demo", help="shapes world: base vs SFT vs SRUM, scored by the exact evaluator")
+    demo.add_argument("--config", default="configs/shapes.yaml")
+    demo.add_argument("--arms", default="sft,srum",
+                      help="comma-separated: srum, sft, sample_level, binarized, no_global, no_constraint")
+    demo.add_argument("--seed", type=int, default=0, help="run.seed of every arm and the evaluation seed")
+    demo.add_argument("--val-prompts", type=int, default=60, help="validation prompts scored after each round")
+    demo.add_argument("--test-prompts", type=int, default=300, help="test prompts scored per model")
+    demo.add_argument("--out", help="demo directory (default: <run.output_dir>/<run.name>-demo-<time>)")
+    demo.add_argument("overrides", nargs="*", help="key.path=value overrides for every arm")
+    demo.set_defaults(func=cmd_demo)
     return p
 
 

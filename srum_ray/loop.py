@@ -274,7 +274,7 @@ class RoundLoop:
             "ref_term_mean": _mean([s["ref_term"] for s in steps]),
             **round_summary(batch),
             "parse": parse_counts(batch.records),
-            "filter": filter_counts(batch.records),
+            "filter": filter_counts(batch.records, self.cfg.filter.enabled),
             **counts,
             "replicas": rt.replicas(),
             "sync": sync_info,

@@ -152,11 +152,14 @@ def parse_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
     return out
 
 
-def filter_counts(records: Sequence[SampleRecord]) -> dict[str, int]:
-    """Boxes kept and dropped by the relevance filter, and answers it could not read."""
+def filter_counts(records: Sequence[SampleRecord], enabled: bool = True) -> dict[str, int]:
+    """Boxes kept and dropped by the relevance filter, and answers it could not read
+    (none when the filter is disabled: it asked nothing)."""
     from srum_ray.judging.parser import parse_choice
 
     kept = sum(1 for r in records for k in r.kept if k)
     boxes = sum(len(r.kept) for r in records)
-    unparsed = sum(1 for r in records for a in r.filter_raw if parse_choice(a, ("yes", "no")) is None)
+    unparsed = 0 if not enabled else sum(
+        1 for r in records for a in r.filter_raw if parse_choice(a, ("yes", "no")) is None
+    )
     return {"kept": kept, "dropped": boxes - kept, "unparsed": unparsed}

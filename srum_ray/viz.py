@@ -98,3 +98,61 @@ def contact_sheet(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Im
     for i, p in enumerate(pictures):
         sheet.paste(p, ((i % cols) * w, (i // cols) * h))
     return sheet
+
+
+#: line colours of :func:`line_plot`, in series order
+SERIES_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (127, 127, 127))
+
+
+def line_plot(
+    series: dict[str, Sequence[tuple[float, float]]],
+    *,
+    title: str,
+    x_label: str,
+    y_label: str,
+    y_range: tuple[float, float] | None = None,
+    size: tuple[int, int] = (640, 400),
+) -> Image.Image:
+    """A line chart of named ``(x, y)`` series with axes, ticks and a legend (PIL only)."""
+    w, h = size
+    left, right, top, bottom = 56, 150, 30, 40
+    img = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(img)
+    font = _font()
+    points = [p for s in series.values() for p in s]
+    xs = [p[0] for p in points] or [0.0, 1.0]
+    ys = [p[1] for p in points] or [0.0, 1.0]
+    x0, x1 = min(xs), max(xs)
+    y0, y1 = y_range if y_range is not None else (min(ys), max(ys))
+    x1 = x1 if x1 > x0 else x0 + 1
+    y1 = y1 if y1 > y0 else y0 + 1
+
+    def px(x: float, y: float) -> tuple[float, float]:
+        return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
+
+    d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
+    for k in range(6):
+        yv = y0 + (y1 - y0) * k / 5
+        _, yp = px(x0, yv)
+        d.line([left - 4, yp, left, yp], fill=(0, 0, 0))
+        d.line([left, yp, w - right, yp], fill=(230, 230, 230))
+        d.text((4, yp - 6), f"{yv:.2f}", fill=(0, 0, 0), font=font)
+    for xv in sorted({p[0] for p in points}):
+        xp, _ = px(xv, y0)
+        d.line([xp, h - bottom, xp, h - bottom + 4], fill=(0, 0, 0))
+        d.text((xp - 4, h - bottom + 6), f"{xv:g}", fill=(0, 0, 0), font=font)
+    d.text((left, 8), title, fill=(0, 0, 0), font=font)
+    d.text(((w - right + left) / 2 - 20, h - 16), x_label, fill=(0, 0, 0), font=font)
+    d.text((4, top - 16), y_label, fill=(0, 0, 0), font=font)
+    for i, (name, pts) in enumerate(series.items()):
+        colour = SERIES_COLOURS[i % len(SERIES_COLOURS)]
+        pts = sorted(pts)
+        if len(pts) > 1:
+            d.line([px(*p) for p in pts], fill=colour, width=2)
+        for p in pts:
+            cx, cy = px(*p)
+            d.ellipse([cx - 3, cy - 3, cx + 3, cy + 3], fill=colour)
+        ly = top + 8 + 16 * i
+        d.line([w - right + 10, ly + 6, w - right + 30, ly + 6], fill=colour, width=3)
+        d.text((w - right + 36, ly), name, fill=(0, 0, 0), font=font)
+    return img

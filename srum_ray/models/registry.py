@@ -155,6 +155,14 @@ def check_checkpoint(model_cfg: ModelConfig) -> None:
                 raise FileNotFoundError("model.understanding.path is not set (a transformers VLM directory)")
             check_files(model_cfg.understanding.path, ("config.json",), "vision-language model")
         return
+    if model_cfg.backend == "shapes":
+        from srum_ray.models.base import check_files
+        from srum_ray.models.shapes_umm import GEN_WEIGHTS, JUDGE_WEIGHTS, META_FILE
+
+        if not model_cfg.checkpoint:
+            raise FileNotFoundError("model.checkpoint is not set (the shapes backend loads trained weights, e.g. weights/shapes-umm)")
+        check_files(model_cfg.checkpoint, (META_FILE, GEN_WEIGHTS, JUDGE_WEIGHTS), "shapes")
+        return
     if model_cfg.backend == "tiny" and model_cfg.checkpoint:
         from srum_ray.models.tiny import _GEN_FILES, check_files
         from srum_ray.models.tiny_vlm import _VLM_FILES
@@ -222,4 +230,24 @@ def _build_tiny(
     return UnifiedModel(
         TinyGenerator(model_cfg.tiny, gen_cfg, device, dtype) if "generator" in parts else None,
         TinyUnderstanding(model_cfg.tiny, device, dtype) if "understanding" in parts else None,
+    )
+
+
+@register_backend("shapes")
+def _build_shapes(
+    model_cfg: ModelConfig,
+    gen_cfg: GenerationConfig,
+    device: str,
+    dtype: torch.dtype,
+    parts: tuple[str, ...] = ("generator", "understanding"),
+) -> UnifiedModel:
+    """The shapes world's unified model (srum_ray/models/shapes_umm.py) from ``model.checkpoint``
+    (the directory ``python -m srum_ray.shapes.train_umm`` writes; weights/shapes-umm ships)."""
+    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesUnderstanding
+
+    check_checkpoint(model_cfg)
+    root = model_cfg.checkpoint
+    return UnifiedModel(
+        ShapesGenerator.from_pretrained(root, gen_cfg, device, dtype) if "generator" in parts else None,
+        ShapesUnderstanding.from_pretrained(root, device, dtype) if "understanding" in parts else None,
     )

@@ -124,3 +124,15 @@ def test_with_tiny_random_vlm_answers_are_valid_choices():
     assert kept == [[a == "yes" for a in row] for row in raw]
     assert box_filter.stats.unparsed == 0 and box_filter.stats.calls == 2
     assert box_filter.filter(IMAGES, PROMPTS, BOXES) == (kept, raw)  # greedy: reproducible
+
+
+def test_round_counts_no_unparsed_answers_when_the_filter_is_off():
+    from srum_ray.stages import filter_counts
+    from srum_ray.types import SampleRecord
+
+    rec = SampleRecord(id="a", round=0, prompt="p", seed=0, weights_version=0)
+    rec.kept, rec.filter_raw = [True, True, False], ["", "", ""]
+    assert filter_counts([rec], enabled=False) == {"kept": 2, "dropped": 1, "unparsed": 0}
+    assert filter_counts([rec], enabled=True)["unparsed"] == 3
+    rec.filter_raw = ["yes", "maybe", "no"]
+    assert filter_counts([rec])["unparsed"] == 1

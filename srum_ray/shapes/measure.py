@@ -1,0 +1,164 @@
+"""Measurements of the shapes-world model: generation accuracy and understanding accuracy.
+
+* Generation accuracy: one image per prompt (seed = a function of the prompt's index and the
+  evaluation seed), scored by the exact evaluator (:mod:`srum_ray.shapes.evaluate`).
+* Understanding accuracy: agreement of the understanding module's whole-image verdict
+  (``Score > 0`` means "the image is right") with the truth, per category, on rendered scenes
+  (half satisfy the prompt, half are wrong in one attribute; truth = how they were built) and on
+  generated images (truth = the exact evaluator). The verdict is read through the judge's own
+  question and parser, so this is what SRUM's judge sees.
+"""
+
+from __future__ import annotations
+
+import random
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from PIL import Image
+
+from srum_ray.models.base import GenerationModel, UnderstandingModel
+from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
+from srum_ray.shapes.evaluate import EvalReport, correct, evaluate
+from srum_ray.shapes.render import render
+from srum_ray.shapes.sampler import scene_for, wrong_scene_for
+from srum_ray.shapes.splits import SplitPrompt
+
+
+def eval_seeds(n: int, seed: int) -> list[int]:
+    """Sampling seeds of an evaluation: prompt ``i`` gets ``seed * 1_000_003 + i``."""
+    return [seed * 1_000_003 + i for i in range(n)]
+
+
+def generate_for(generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0) -> list[Image.Image]:
+    return generator.generate([s.text for s in specs], eval_seeds(len(specs), seed)).images
+
+
+def generation_report(generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0) -> tuple[EvalReport, list[Image.Image]]:
+    images = generate_for(generator, specs, seed)
+    return evaluate(specs, images), images
+
+
+def global_verdicts(understanding: UnderstandingModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image], batch_size: int = 64) -> list[bool | None]:
+    """The judge's whole-image verdict (score > 0) per image, asked and read as SRUM asks it;
+    None where the answer could not be read."""
+    from srum_ray.judging import prompts as P
+    from srum_ray.judging.parser import parse_global
+
+    out: list[bool | None] = []
+    for s in range(0, len(specs), batch_size):
+        chunk = specs[s : s + batch_size]
+        answers = understanding.answer(list(images[s : s + batch_size]), [P.global_prompt(sp.text) for sp in chunk], max_new_tokens=64)
+        for a in answers:
+            score = parse_global(a).score
+            out.append(None if score is None else score > 0)
+    return out
+
+
+def agreement(specs: Sequence[PromptSpec], verdicts: Sequence[bool | None], truth: Sequence[bool]) -> dict[str, float]:
+    """Per category and overall share of verdicts equal to the truth (an unread verdict counts wrong)."""
+    per: dict[str, list[bool]] = {}
+    for sp, v, t in zip(specs, verdicts, truth):
+        per.setdefault(sp.category, []).append(v is not None and v == t)
+    res = {c: float(np.mean(per[c])) for c in CATEGORIES if c in per}
+    res["overall"] = float(np.mean([x for xs in per.values() for x in xs])) if per else float("nan")
+    return res
+
+
+def rendered_pairs(specs: Sequence[PromptSpec], seed: int = 0) -> tuple[list[PromptSpec], list[Image.Image], list[bool]]:
+    """For each prompt one rendered scene that satisfies it and one wrong in one attribute."""
+    rng = random.Random(f"shapes-measure/{seed}")
+    out_specs, images, truth = [], [], []
+    for sp in specs:
+        out_specs += [sp, sp]
+        images += [render(scene_for(sp, rng)), render(wrong_scene_for(sp, rng)[0])]
+        truth += [True, False]
+    return out_specs, images, truth
+
+
+def understanding_vs_generation(generator: GenerationModel, understanding: UnderstandingModel, specs: Sequence[PromptSpec], seed: int = 0) -> dict:
+    """Generation accuracy, and judge agreement on rendered and on generated images, per category."""
+    report, images = generation_report(generator, specs, seed)
+    truth_gen = [all(r) for r in report.results]
+    r_specs, r_images, r_truth = rendered_pairs(specs, seed)
+    return {
+        "generation": {**report.per_category, "overall": report.overall},
+        "understanding_rendered": agreement(r_specs, global_verdicts(understanding, r_specs, r_images), r_truth),
+        "understanding_generated": agreement(specs, global_verdicts(understanding, specs, images), truth_gen),
+        "generated_correct_share": float(np.mean(truth_gen)) if truth_gen else float("nan"),
+        "n_prompts": report.n_prompts,
+    }
+
+
+def measure_checkpoint(root: str | Path, splits: dict[str, list[SplitPrompt]], n_test: int = 600, log: Callable[[str], None] = print) -> dict:
+    """Load the checkpoint at ``root`` and measure it on the first ``n_test`` test prompts
+    (spread over categories: the split is ordered by category, so take every k-th)."""
+    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesUnderstanding
+    from srum_ray.shapes.train_umm import BASE_GENERATION
+
+    gen = ShapesGenerator.from_pretrained(root, BASE_GENERATION)
+    und = ShapesUnderstanding.from_pretrained(root)
+    test = splits["test"]
+    step = max(1, len(test) // max(1, n_test))
+    specs = [p.spec for p in test[::step]][:n_test]
+    res = understanding_vs_generation(gen, und, specs)
+    res["sampling"] = {"num_inference_steps": BASE_GENERATION.num_inference_steps, "guidance_scale": BASE_GENERATION.guidance_scale, "shift": BASE_GENERATION.shift}
+    log(format_gap_table(res))
+    return res
+
+
+def format_gap_table(res: dict) -> str:
+    cats = [c for c in CATEGORIES if c in res["generation"]] + ["overall"]
+    lines = ["| | " + " | ".join(cats) + " |", "|---|" + "---|" * len(cats)]
+    for key, label in (("generation", "generation accuracy"), ("understanding_rendered", "understanding, rendered"), ("understanding_generated", "understanding, generated")):
+        lines.append(f"| {label} | " + " | ".join(f"{100 * res[key].get(c, float('nan')):.1f}" for c in cats) + " |")
+    return "\n".join(lines)
+
+
+def write_model_card(root: str | Path, card: dict) -> Path:
+    root = Path(root)
+    g, u, m = card.get("generator", {}), card.get("understanding", {}), card.get("measured", {})
+    size_mb = sum(f.stat().st_size for f in root.glob("*.safetensors")) / 2**20
+    text = f"""# shapes-umm: the shapes world's small unified model
+
+Trained from scratch on this repository's CPU build machine by
+`python -m srum_ray.shapes.train_umm --out {root}` (seed {card.get('seed')}, {card.get('threads')} threads,
+torch {card.get('torch')}). Weights: {size_mb:.1f} MB of float32 safetensors.
+
+## What it is
+- **Generator**: flow-matching DiT, width {card['net']['width']}, depth {card['net']['depth']},
+  {g.get('params', 0) / 1e6:.2f} M parameters, on 64 px images as 48 x 16 x 16 latents
+  (space-to-depth), prompt words under joint attention, adaLN-zero (srum_ray/models/shapes_umm.py).
+- **Understanding**: image + region mask + prompt words -> match logit and colour / shape /
+  size / texture of the region's object, {u.get('params', 0) / 1e6:.2f} M parameters; answers the
+  judge's questions in text.
+
+## Data
+Rendered scenes only (srum_ray/shapes/): the {card['data']['train_prompts']} prompts of the `train`
+split (make_splits(0): colour, shape (size), texture, spatial, numeracy, complex) plus
+single-object captions ({100 * card['data']['single_object_share']:.0f}% of examples), none naming a
+held-out combination (red star, blue circle, green triangle, yellow square, small star, striped
+triangle); a fresh scene per example. The understanding module also sees scenes wrong in one
+attribute, optional distractors, blur and noise.
+
+## Training
+| part | steps | batch | lr | wall time | final loss |
+|---|---|---|---|---|---|
+| generator | {g.get('steps')} | {g.get('batch')} | {g.get('lr')} | {g.get('seconds', 0) / 60:.1f} min | {g.get('final_loss', float('nan')):.4f} |
+| understanding | {u.get('steps')} | {u.get('batch')} | {u.get('lr')} | {u.get('seconds', 0) / 60:.1f} min | {u.get('final_loss', float('nan')):.4f} |
+
+The generator is deliberately stopped early (a base model: good at single objects, weaker at
+binding, relations and counting).
+
+## Accuracies (test split, {sum(m.get('n_prompts', {}).values())} prompts, exact evaluator)
+Sampling: {m.get('sampling')}. Generation accuracy = share of prompts whose image satisfies every
+constraint; understanding = agreement of the judge's whole-image verdict (score > 0) with the
+truth (rendered: how the scene was built, half right and half wrong in one attribute;
+generated: the exact evaluator on the generator's own images).
+
+{format_gap_table(m) if m else '(not measured)'}
+"""
+    path = root / "MODEL_CARD.md"
+    path.write_text(text)
+    return path
