@@ -134,9 +134,10 @@ def train_generator(
         loss.backward()
         torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
         opt.step()
+        decay = min(ema_decay, (1 + step) / (10 + step))  # warm-up: early weights fade fast
         with torch.no_grad():
             for pe, p in zip(ema.parameters(), net.parameters()):
-                pe.lerp_(p, 1 - ema_decay)
+                pe.lerp_(p, 1 - decay)
         losses.append(float(loss.detach()))
         if snapshot is not None and snapshot_every and (step + 1) % snapshot_every == 0:
             snapshot(step + 1, ema)
@@ -225,7 +226,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the generator's EMA every N steps under <out>/snapshots/")
-    ap.add_argument("--only", choices=("both", "generator", "understanding"), default="both")
+    ap.add_argument("--only", choices=("both", "generator", "understanding", "measure"), default="both",
+                    help="train one part (the other part's card entry is kept), or only measure and write the card")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -242,34 +244,46 @@ def main(argv: list[str] | None = None) -> int:
         with open(log_path, "a") as f:
             f.write(msg + "\n")
 
-    card = json.loads((out / "card.json").read_text()) if (out / "card.json").exists() else {}
-    card.update({"net": asdict(cfg), "threads": args.threads, "torch": torch.__version__, "seed": args.seed,
-                 "data": {"train_prompts": len(corpus.train), "single_object_share": args.single_share}})
+    common = {"net": asdict(cfg), "torch": torch.__version__, "seed": args.seed,
+              "data": {"train_prompts": len(corpus.train), "single_object_share": args.single_share}}
+
+    def update_card(**entries) -> dict:
+        """card.json with ``entries`` set (read just before writing: a part trained by another
+        process at the same time keeps its entry)."""
+        card = json.loads((out / "card.json").read_text()) if (out / "card.json").exists() else {}
+        card.update(common, **entries)
+        (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        return card
+
+    def params(module: torch.nn.Module) -> int:
+        return sum(p.numel() for p in module.parameters())
+
     if args.only in ("both", "generator"):
         gen = ShapesGenerator(cfg, BASE_GENERATION, seed=args.seed)
+
         def snapshot(step: int, ema: torch.nn.Module) -> None:
             from safetensors.torch import save_file
 
             (out / "snapshots").mkdir(exist_ok=True)
             save_file({k: v.detach().contiguous() for k, v in ema.state_dict().items()}, out / "snapshots" / f"generator-{step:06d}.safetensors")
 
-        card["generator"] = train_generator(
+        info = train_generator(
             gen, corpus, steps=args.gen_steps, batch=args.gen_batch, lr=args.gen_lr, seed=args.seed, log=log,
             snapshot=snapshot, snapshot_every=args.snapshot_every,
         )
-        card["generator"]["params"] = sum(p.numel() for p in gen.net.parameters())
         gen.save_pretrained(out)
+        update_card(generator={**info, "params": params(gen.net), "threads": args.threads})
     if args.only in ("both", "understanding"):
         und = ShapesUnderstanding(cfg, seed=args.seed)
-        card["understanding"] = train_understanding(und, corpus, steps=args.judge_steps, batch=args.judge_batch, lr=args.judge_lr, seed=args.seed, log=log)
-        card["understanding"]["params"] = sum(p.numel() for p in und.net.parameters())
+        info = train_understanding(und, corpus, steps=args.judge_steps, batch=args.judge_batch, lr=args.judge_lr, seed=args.seed, log=log)
         und.save_pretrained(out)
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+        update_card(understanding={**info, "params": params(und.net), "threads": args.threads})
+    if args.only in ("generator", "understanding"):
+        return 0
 
     from srum_ray.shapes.measure import measure_checkpoint, write_model_card
 
-    card["measured"] = measure_checkpoint(out, splits, n_test=args.eval_prompts, log=log)
-    (out / "card.json").write_text(json.dumps(card, indent=2) + "\n")
+    card = update_card(measured=measure_checkpoint(out, splits, n_test=args.eval_prompts, log=log))
     write_model_card(out, card)
     log(f"wrote {out}/MODEL_CARD.md")
     return 0

@@ -1,0 +1,168 @@
+"""Run the shapes demo over several seeds and write docs/RESULTS.md (mean and spread).
+
+    python -m srum_ray.shapes.results --seeds 0 1 2 [--config configs/shapes.yaml]
+        [--arms sft,srum,sample_level,binarized,no_global,no_constraint] [--out runs/results]
+        [--doc docs/RESULTS.md] [key=value ...]
+
+Each seed is one :func:`srum_ray.shapes.demo.run_demo` into ``<out>/seed<k>``; a seed whose
+``results.json`` already exists is read, not rerun (so an interrupted sweep continues).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from srum_ray.shapes.constraints import CATEGORIES
+
+#: the paper's ablation order (SPEC section 3): full SRUM first, then the reduced rewards
+ABLATION_ORDER = ("srum", "sample_level", "binarized", "no_global", "no_constraint")
+
+
+def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if x is not None]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
+
+
+def cell(xs: Sequence[float]) -> str:
+    m, s = mean_sd(xs)
+    return f"{100 * m:.1f} ± {100 * s:.1f}"
+
+
+def aggregate(per_seed: list[dict]) -> dict:
+    """``{model: {key: [value per seed]}}`` over the seeds' ``results.json`` test tables."""
+    out: dict[str, dict[str, list[float]]] = {}
+    for res in per_seed:
+        for model, table in res["test"].items():
+            for key, value in table.items():
+                if isinstance(value, (int, float)) or value is None:
+                    out.setdefault(model, {}).setdefault(key, []).append(value)
+    return out
+
+
+def write_results(doc: Path, per_seed: list[dict], seeds: Sequence[int], command: str, config: str) -> str:
+    agg = aggregate(per_seed)
+    models = list(agg)
+    keys = [c for c in CATEGORIES if c in agg["base"]] + ["overall"]
+    lines = ["| model | " + " | ".join(keys) + " |", "|---|" + "---|" * len(keys)]
+    for m in models:
+        lines.append(f"| {m} | " + " | ".join(cell(agg[m][k]) for k in keys) + " |")
+    table = "\n".join(lines)
+    split_lines = ["| model | seen | unseen | overall |", "|---|---|---|---|"]
+    for m in models:
+        split_lines.append(f"| {m} | {cell(agg[m]['seen'])} | {cell(agg[m]['unseen'])} | {cell(agg[m]['overall'])} |")
+
+    def overall(m: str) -> float:
+        return mean_sd(agg[m]["overall"])[0]
+
+    def diffs(a: str, b: str) -> list[float]:
+        return [x - y for x, y in zip(agg[a]["overall"], agg[b]["overall"])]
+
+    checks = []
+    if "srum" in agg:
+        d_base = mean_sd(diffs("srum", "base"))
+        checks.append(f"- SRUM - base, overall test accuracy: {100 * d_base[0]:+.1f} ± {100 * d_base[1]:.1f} points "
+                      f"(per seed: {', '.join(f'{100 * x:+.1f}' for x in diffs('srum', 'base'))}); target >= +5: "
+                      f"{'met' if d_base[0] >= 0.05 else 'not met'}.")
+        if "sft" in agg:
+            d_sft = mean_sd(diffs("srum", "sft"))
+            checks.append(f"- SRUM - SFT: {100 * d_sft[0]:+.1f} ± {100 * d_sft[1]:.1f} points "
+                          f"(per seed: {', '.join(f'{100 * x:+.1f}' for x in diffs('srum', 'sft'))}); target > 0: "
+                          f"{'met' if d_sft[0] > 0 else 'not met'}.")
+    present = [a for a in ABLATION_ORDER if a in agg]
+    if len(present) > 1:
+        found = sorted(present, key=overall, reverse=True)
+        checks.append(f"- Ablation order found (best first, mean overall): "
+                      + " > ".join(f"{a} ({100 * overall(a):.1f})" for a in found)
+                      + f". The paper's order: {' > '.join(present)}; "
+                      + ("same." if found == present else "different (see the table)."))
+    gaps = [res["gap"] for res in per_seed]
+    u_r = [g["understanding_rendered"]["overall"] for g in gaps]
+    u_g = [g["understanding_generated"]["overall"] for g in gaps]
+    g_a = [g["generation"]["overall"] for g in gaps]
+    checks.append(f"- Understanding vs generation (base model, test prompts): judge agreement with the truth "
+                  f"{cell(u_r)} on rendered scenes and {cell(u_g)} on the base model's own images, against a "
+                  f"generation accuracy of {cell(g_a)}; target understanding > generation: "
+                  f"{'met' if mean_sd(u_g)[0] > mean_sd(g_a)[0] and mean_sd(u_r)[0] > mean_sd(g_a)[0] else 'not met'}.")
+    gap_cats = [c for c in CATEGORIES if c in gaps[0]["generation"]] + ["overall"]
+    gap_lines = ["| | " + " | ".join(gap_cats) + " |", "|---|" + "---|" * len(gap_cats)]
+    for key, label in (("generation", "generation accuracy"), ("understanding_rendered", "understanding, rendered"),
+                       ("understanding_generated", "understanding, generated")):
+        gap_lines.append(f"| {label} | " + " | ".join(cell([g[key].get(c) for g in gaps]) for c in gap_cats) + " |")
+    minutes = [res["seconds"] / 60 for res in per_seed]
+    n_test = per_seed[0]["n_test"]
+    text = f"""# Results: SRUM on the shapes world
+
+Measured on the 2-core CPU build machine (shared with other work), {len(seeds)} seeds
+({', '.join(map(str, seeds))}); each seed is a full demo: the base model, then one run per arm of
+`{config}` (SFT = `reward.ablation=sft`; ablations = SPEC section 3 switches), scored by the exact
+evaluator on {n_test} test prompts (half with held-out attribute-object combinations), one image per
+prompt, the same seeds for every model. Entries are accuracy in % (share of prompts whose image
+satisfies every constraint), mean ± standard deviation over seeds. Wall time per seed:
+{', '.join(f'{m:.1f}' for m in minutes)} min.
+
+Reproduce:
+
+```bash
+{command}
+```
+
+## Targets
+{chr(10).join(checks)}
+
+## Accuracy per category (test)
+{table}
+
+## Seen vs held-out combinations (test)
+{chr(10).join(split_lines)}
+
+## Understanding vs generation (base model)
+Understanding = agreement of the judge's whole-image verdict (score > 0) with the truth (rendered:
+how the scene was built, half right and half wrong in one attribute; generated: the exact
+evaluator on the base model's images).
+
+{chr(10).join(gap_lines)}
+
+Per-seed reports (tables, accuracy-per-round plots, reward-map pictures): `<out>/seed<k>/report.md`.
+"""
+    doc.parent.mkdir(parents=True, exist_ok=True)
+    doc.write_text(text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--config", default="configs/shapes.yaml")
+    ap.add_argument("--arms", default="sft,srum,sample_level,binarized,no_global,no_constraint")
+    ap.add_argument("--out", default="runs/results")
+    ap.add_argument("--doc", default="docs/RESULTS.md")
+    ap.add_argument("--val-prompts", type=int, default=60)
+    ap.add_argument("--test-prompts", type=int, default=300)
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+    if len(args.seeds) < 1:
+        ap.error("give at least one seed")
+    from srum_ray.shapes.demo import run_demo
+
+    arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    per_seed = []
+    for seed in args.seeds:
+        out = Path(args.out) / f"seed{seed}"
+        if not (out / "results.json").is_file():
+            run_demo(args.config, args.overrides, arms=arms, seed=seed, n_val=args.val_prompts,
+                     n_test=args.test_prompts, out=out)
+        per_seed.append(json.loads((out / "results.json").read_text()))
+    command = "python -m srum_ray.shapes.results " + " ".join(argv if argv is not None else sys.argv[1:])
+    print(write_results(Path(args.doc), per_seed, args.seeds, command, args.config))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
