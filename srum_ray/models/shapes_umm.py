@@ -9,7 +9,8 @@ fixed, lossless "latent" space: the 64 px RGB image in [-1, 1], space-to-depth b
 ``[48, 16, 16]`` (there is no VAE to learn; the reward map lands on a 16 x 16 grid). Prompt
 words (a closed vocabulary, :class:`WordTokenizer`) and 2 x 2 latent patches form one
 sequence under joint attention; the time and the pooled prompt modulate every block
-(adaLN-zero). Sampling is the diffusers flow-matching Euler scheduler with shift, with
+(adaLN-zero). The network predicts the clean latent and returns the velocity it implies
+(x-prediction), because a token is narrower than its patch. Sampling is the diffusers flow-matching Euler scheduler with shift, with
 classifier-free guidance when ``generation.guidance_scale > 1`` (the null prompt is the
 lone ``<cls>`` token, trained by prompt dropout).
 
@@ -122,6 +123,8 @@ class ShapesNetConfig:
     #: space-to-depth factor image -> latent and the latent patch side
     unshuffle: int = 4
     patch: int = 2
+    #: smallest t the x-prediction divides by
+    min_t: float = 0.05
 
     @property
     def latent_channels(self) -> int:
@@ -170,7 +173,13 @@ def _timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
 
 
 class ShapesDiT(nn.Module):
-    """Velocity ``v(x_t, t, words)`` on ``[B, 48, 16, 16]`` latents (see the module docstring)."""
+    """Velocity ``v(x_t, t, words)`` on ``[B, 48, 16, 16]`` latents (see the module docstring).
+
+    The network predicts the clean latent ``x0`` and returns the velocity it implies,
+    ``(x_t - x0) / max(t, min_t)`` (x-prediction, trained with the velocity loss like every
+    generator here): a token's width is smaller than its patch's 192 values, so it could not
+    pass per-pixel noise through, while clean flat-colour patches are easy to predict.
+    """
 
     def __init__(self, cfg: ShapesNetConfig, vocab_size: int) -> None:
         super().__init__()
@@ -207,13 +216,16 @@ class ShapesDiT(nn.Module):
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
         out = self.patch_out(_modulate(self.norm_out(seq[:, words.shape[1] :]), shift, scale))
         out = out.reshape(b, hh // p, ww // p, ch, p, p).permute(0, 3, 1, 4, 2, 5)
-        return out.reshape(b, ch, hh, ww)
+        x0_hat = out.reshape(b, ch, hh, ww)
+        # x-prediction: a token (width D) cannot carry the 192 noise values of its patch, but a
+        # clean flat-colour patch lies on a low-dimensional set; v = (x_t - x0) / t
+        return (x - x0_hat) / t.clamp(min=self.cfg.min_t)[:, None, None, None]
 
 
-class ShapesJudgeNet(nn.Module):
-    """Image + region mask + prompt words -> match logit and attribute logits."""
+class ShapesPerceptionNet(nn.Module):
+    """Image + region mask -> colour / shape / size / texture logits of the region's object."""
 
-    def __init__(self, cfg: ShapesNetConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ShapesNetConfig) -> None:
         super().__init__()
         d = cfg.judge_width
         self.stem = nn.Sequential(
@@ -221,38 +233,27 @@ class ShapesJudgeNet(nn.Module):
             nn.Conv2d(48, 96, 4, stride=2, padding=1), nn.GELU(),
             nn.Conv2d(96, d, 4, stride=2, padding=1),
         )
-        n_img = (cfg.canvas // 8) ** 2
-        self.img_pos = nn.Parameter(torch.randn(n_img, d) * 0.02)
-        self.word_emb = nn.Embedding(vocab_size, d)
-        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
-        #: question kind: 0 = whole image, 1 = one region
-        self.mode_emb = nn.Embedding(2, d)
+        self.img_pos = nn.Parameter(torch.randn((cfg.canvas // 8) ** 2, d) * 0.02)
+        self.cls = nn.Parameter(torch.randn(1, 1, d) * 0.02)
+        self.cond = nn.Parameter(torch.zeros(1, d))
         self.blocks = nn.ModuleList(Block(d, cfg.judge_heads) for _ in range(cfg.judge_depth))
-        for blk in self.blocks:  # adaLN starts as identity gates open: plain pre-norm blocks
-            nn.init.normal_(blk.ada[1].weight, std=0.02)
+        for blk in self.blocks:  # gates open: plain pre-norm blocks to start with
             with torch.no_grad():
-                blk.ada[1].bias.zero_()
                 blk.ada[1].bias[2 * d : 3 * d] = 1.0
                 blk.ada[1].bias[5 * d : 6 * d] = 1.0
         self.norm = nn.LayerNorm(d)
-        self.heads = nn.ModuleDict({"match": nn.Linear(d, 1)})
-        for name, classes in ATTRIBUTE_HEADS.items():
-            self.heads[name] = nn.Linear(d, len(classes))
+        self.heads = nn.ModuleDict({name: nn.Linear(d, len(classes)) for name, classes in ATTRIBUTE_HEADS.items()})
 
-    def forward(self, pixels: torch.Tensor, mask: torch.Tensor, words: torch.Tensor, mode: torch.Tensor, pad_id: int = 0) -> dict[str, torch.Tensor]:
-        """``pixels [B, 3, 64, 64]`` in [-1, 1], ``mask [B, 1, 64, 64]``, ``words [B, L]``,
-        ``mode [B]`` -> ``{"match": [B], "colour": [B, 6], ...}``."""
+    def forward(self, pixels: torch.Tensor, mask: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``pixels [B, 3, 64, 64]`` in [-1, 1], ``mask [B, 1, 64, 64]`` -> ``{"colour": [B, 6], ...}``."""
         feat = self.stem(torch.cat([pixels, mask * 2 - 1], dim=1)).flatten(2).transpose(1, 2) + self.img_pos
-        txt = self.word_emb(words) + self.word_pos[: words.shape[1]]
-        cond = self.mode_emb(mode)
-        seq = torch.cat([txt, feat], dim=1)
-        keep = torch.cat([words != pad_id, torch.ones(feat.shape[:2], dtype=torch.bool, device=feat.device)], dim=1)
+        seq = torch.cat([self.cls.expand(feat.shape[0], -1, -1), feat], dim=1)
+        keep = torch.ones(seq.shape[:2], dtype=torch.bool, device=seq.device)
+        cond = self.cond.expand(seq.shape[0], -1)
         for blk in self.blocks:
             seq = blk(seq, cond, keep)
         cls = self.norm(seq[:, 0])
-        out = {name: head(cls) for name, head in self.heads.items()}
-        out["match"] = out["match"].squeeze(-1)
-        return out
+        return {name: head(cls) for name, head in self.heads.items()}
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -452,52 +453,106 @@ _SCORE_TAIL_RE = re.compile(r"Region (\d+): Object: (.*); Score: $")
 UNKNOWN_QUESTION = "I cannot answer that question."
 
 
-class ShapesUnderstanding(UnderstandingModel):
-    """Answers the judge's questions about shapes-world images (see the module docstring)."""
+@dataclass
+class Seen:
+    """What the perception network sees in one region: its box and attribute probabilities."""
 
-    def __init__(
-        self,
-        cfg: ShapesNetConfig,
-        device: str = "cpu",
-        dtype: torch.dtype = torch.float32,
-        tokenizer: WordTokenizer | None = None,
-        seed: int = 0,
-    ) -> None:
+    box: Box
+    probs: dict[str, np.ndarray]
+
+    @property
+    def centre(self) -> tuple[float, float]:
+        return ((self.box.x0 + self.box.x1) / 2, (self.box.y0 + self.box.y1) / 2)
+
+    def name(self) -> str:
+        top = {k: ATTRIBUTE_HEADS[k][int(np.argmax(p))] for k, p in self.probs.items()}
+        texture = "striped " if top["texture"] == "striped" else ""
+        return f"{top['size']} {texture}{top['colour']} {top['shape']}"
+
+    def match(self, q) -> float:
+        """Probability that this object has every attribute the query ``q`` names."""
+        p = 1.0
+        for attr, classes in ATTRIBUTE_HEADS.items():
+            want = getattr(q, attr)
+            if want is not None:
+                p *= float(self.probs[attr][classes.index(want)])
+        return p
+
+
+def constraint_probability(c, seen: Sequence[Seen]) -> float:
+    """How likely constraint ``c`` holds given what was seen (objects independent)."""
+    from srum_ray.shapes.constraints import Count, Exists, Relation, relation_holds
+
+    if isinstance(c, Exists):
+        miss = 1.0
+        for s in seen:
+            miss *= 1 - s.match(c.obj)
+        return 1 - miss
+    if isinstance(c, Count):
+        # the n likeliest objects match and no other does
+        ps = sorted((s.match(c.obj) for s in seen), reverse=True)
+        if len(ps) < c.n:
+            return 0.0
+        return float(np.prod(ps[: c.n]) * np.prod([1 - p for p in ps[c.n :]]))
+    if isinstance(c, Relation):
+        best = 0.0
+        for i, a in enumerate(seen):
+            for j, b in enumerate(seen):
+                if i != j and relation_holds(c.rel, a.centre, b.centre):
+                    best = max(best, a.match(c.a) * b.match(c.b))
+        return best
+    raise TypeError(f"not a constraint: {c!r}")
+
+
+class ShapesUnderstanding(UnderstandingModel):
+    """Answers the judge's questions about shapes-world images (see the module docstring).
+
+    It reads the prompt with the shapes grammar (:func:`srum_ray.shapes.grammar.parse_prompt`)
+    into what it asks for, looks at regions with the learned perception network, and scores:
+
+    * a region: ``2 * max_q P(object matches q) - 1`` over the prompt's object phrases ``q``
+      (an object nobody asked for scores near -1);
+    * the whole image: its own regions (:meth:`ground`), then ``2 * prod_c P(c holds) - 1``
+      over the prompt's constraints (exists / exact count / relation, objects independent).
+
+    A prompt outside the grammar gets a one-line answer saying so and no score (the judge's
+    parser then reports it missing).
+    """
+
+    def __init__(self, cfg: ShapesNetConfig, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
         self.cfg = cfg
         self.device, self.dtype = torch.device(device), dtype
-        self.tokenizer = tokenizer or WordTokenizer(max_length=cfg.max_words)
+        self.tokenizer = WordTokenizer(max_length=cfg.max_words)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = ShapesJudgeNet(cfg, len(self.tokenizer.vocab))
+            self.net = ShapesPerceptionNet(cfg)
         self.net.to(self.device, dtype).eval()
 
-    # ------------------------------------------------------------------ direct scoring
+    # ------------------------------------------------------------------ seeing and reasoning
     @torch.no_grad()
-    def predict(self, images: Sequence[Image.Image], prompts: Sequence[str], boxes: Sequence[Box | None], batch_size: int = 64) -> dict[str, torch.Tensor]:
-        """Raw outputs for (image, prompt, region) triples; ``box=None`` asks about the whole image.
-
-        Returns ``{"score": [N] in (-1, 1), "colour": [N] class index, ...}``.
-        """
-        out: dict[str, list[torch.Tensor]] = {"score": [], **{k: [] for k in ATTRIBUTE_HEADS}}
+    def perceive(self, images: Sequence[Image.Image], boxes: Sequence[Box], batch_size: int = 128) -> list[Seen]:
+        """Attribute probabilities of the object in ``boxes[i]`` of ``images[i]``."""
+        out: list[Seen] = []
         for s in range(0, len(images), batch_size):
-            imgs, ps, bs = images[s : s + batch_size], prompts[s : s + batch_size], boxes[s : s + batch_size]
+            bs = list(boxes[s : s + batch_size])
             res = self.net(
-                images_to_pixels(imgs, self.cfg.canvas).to(self.device, self.dtype),
+                images_to_pixels(images[s : s + batch_size], self.cfg.canvas).to(self.device, self.dtype),
                 box_masks(bs, self.cfg.canvas).to(self.device, self.dtype),
-                self.tokenizer(ps).to(self.device),
-                torch.tensor([0 if b is None else 1 for b in bs], device=self.device),
-                self.tokenizer.pad_id,
             )
-            out["score"].append((2 * torch.sigmoid(res["match"].float()) - 1).cpu())
-            for k in ATTRIBUTE_HEADS:
-                out[k].append(res[k].argmax(-1).cpu())
-        return {k: torch.cat(v) if v else torch.zeros(0) for k, v in out.items()}
+            probs = {k: torch.softmax(v.float(), -1).cpu().numpy() for k, v in res.items()}
+            out += [Seen(b, {k: p[i] for k, p in probs.items()}) for i, b in enumerate(bs)]
+        return out
 
-    @staticmethod
-    def object_name(attrs: dict[str, int]) -> str:
-        size = SIZE_NAMES[attrs["size"]]
-        texture = TEXTURE_NAMES[attrs["texture"]]
-        return f"{size} {'striped ' if texture == 'striped' else ''}{COLOUR_NAMES[attrs['colour']]} {SHAPE_NAMES[attrs['shape']]}"
+    def region_score(self, spec, seen: Seen) -> float:
+        from srum_ray.shapes.grammar import queries_of
+
+        return 2 * max((seen.match(q) for q in queries_of(spec)), default=0.0) - 1
+
+    def global_score(self, spec, seen: Sequence[Seen]) -> float:
+        p = 1.0
+        for c in spec.constraints:
+            p *= constraint_probability(c, seen)
+        return 2 * p - 1
 
     # ------------------------------------------------------------------ the text interface
     def answer(
@@ -510,26 +565,28 @@ class ShapesUnderstanding(UnderstandingModel):
         temperature: float = 0.0,
         seed: int | None = None,
     ) -> list[str]:
+        from srum_ray.shapes.grammar import parse_prompt
+
         check_answer_args(images, prompts, max_new_tokens, temperature, constraint)
-        # every question becomes one or more (image, prompt, box) queries, run in one batch
-        queries: list[tuple[int, str, Box | None]] = []
-        plans: list[tuple[str, list[int], object]] = []
-        for i, (image, question) in enumerate(zip(images, prompts)):
+        questions = []
+        for image, question in zip(images, prompts):
             kind, prompt, extra = self._read_question(question)
-            idx = []
+            spec = None
+            if kind != "unknown":
+                try:
+                    spec = parse_prompt(prompt)
+                except ValueError as e:
+                    kind, extra = "unreadable", {"error": str(e)}
             if kind == "global":
-                idx.append(len(queries))
-                queries.append((i, prompt, None))
-            elif kind in ("local", "object", "score", "filter"):
-                for _, box in extra["regions"]:
-                    idx.append(len(queries))
-                    queries.append((i, prompt, box))
-            plans.append((kind, idx, extra))
-        res = self.predict([images[i] for i, _, _ in queries], [p for _, p, _ in queries], [b for _, _, b in queries]) if queries else {}
-        answers = []
-        for (kind, idx, extra), question in zip(plans, prompts):
-            answers.append(self._write(kind, idx, extra, res, question, constraint))
-        return answers
+                extra = {"regions": list(enumerate(self.ground([image], [prompt])[0], 1))}
+            questions.append((kind, spec, extra))
+        # one batched look at every region every question needs
+        wanted = [(i, box) for i, (_, _, extra) in enumerate(questions) for _, box in extra.get("regions", [])]
+        seen = self.perceive([images[i] for i, _ in wanted], [b for _, b in wanted])
+        per_q: list[list[Seen]] = [[] for _ in questions]
+        for (i, _), s in zip(wanted, seen):
+            per_q[i].append(s)
+        return [self._write(kind, spec, extra, per_q[i], constraint) for i, (kind, spec, extra) in enumerate(questions)]
 
     def _read_question(self, question: str) -> tuple[str, str, dict]:
         m = _PROMPT_RE.search(question)
@@ -553,33 +610,26 @@ class ShapesUnderstanding(UnderstandingModel):
             return "object", prompt, {"regions": regions[:1]}
         return "local", prompt, {"regions": regions}
 
-    def _write(self, kind: str, idx: list[int], extra: dict, res: dict, question: str, constraint: AnswerConstraint | None) -> str:
-        def score(j: int) -> str:
-            return f"{float(res['score'][j]):.2f}"
-
-        def name(j: int) -> str:
-            return self.object_name({k: int(res[k][j]) for k in ATTRIBUTE_HEADS})
-
-        if kind == "unknown" or (kind != "global" and not idx):
+    def _write(self, kind: str, spec, extra: dict, seen: list[Seen], constraint: AnswerConstraint | None) -> str:
+        if kind == "unreadable":
+            text = f"I cannot read this prompt: {extra['error']}"
+        elif kind == "unknown" or (kind != "global" and not seen):
             text = UNKNOWN_QUESTION
         elif kind == "global":
-            text = score(idx[0]) if constraint is not None else f"Score: {score(idx[0])}\nReason: layout judged against the prompt"
+            score = f"{self.global_score(spec, seen):.2f}"
+            text = score if constraint is not None else f"Score: {score}\nReason: {len(seen)} objects seen"
         elif kind == "score":
-            text = score(idx[0])
+            text = f"{self.region_score(spec, seen[0]):.2f}"
         elif kind == "object":
-            text = name(idx[0])
+            text = seen[0].name()
         elif kind == "filter":
-            # relevant when the object's shape or colour is a word of the prompt
-            words = set(self.tokenizer.words(_PROMPT_RE.search(question).group(1)))
-            j = idx[0]
-            shape, colour = SHAPE_NAMES[int(res["shape"][j])], COLOUR_NAMES[int(res["colour"][j])]
-            text = "yes" if {shape, shape + "s", colour} & words else "no"
+            text = "yes" if self.region_score(spec, seen[0]) > -0.5 else "no"
         else:
-            lines = [
-                f"Region {rid}: Object: {name(j)}; Score: {score(j)}; Reason: "
-                + ("matches the prompt" if float(res["score"][j]) > 0 else "does not match the prompt")
-                for (rid, _), j in zip(extra["regions"], idx)
-            ]
+            lines = []
+            for (rid, _), s in zip(extra["regions"], seen):
+                score = self.region_score(spec, s)
+                reason = "asked for by the prompt" if score > 0 else "not what the prompt asks for"
+                lines.append(f"Region {rid}: Object: {s.name()}; Score: {score:.2f}; Reason: {reason}")
             text = "\n".join(lines)
         if constraint is not None and constraint.kind == "choice":
             return text if text in constraint.choices else constraint.choices[-1]
@@ -603,8 +653,8 @@ class ShapesUnderstanding(UnderstandingModel):
         from safetensors.torch import load_file
 
         root = check_files(path, (META_FILE, JUDGE_WEIGHTS), "shapes understanding")
-        cfg, tok, _ = _load_meta(root)
-        model = cls(cfg, device, dtype, tokenizer=tok)
+        cfg, _, _ = _load_meta(root)
+        model = cls(cfg, device, dtype)
         model.net.load_state_dict(load_file(root / JUDGE_WEIGHTS))
         model.net.eval()
         return model

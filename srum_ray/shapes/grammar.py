@@ -32,6 +32,7 @@ classifies as the category it was sampled for.
 from __future__ import annotations
 
 import random
+import re
 from typing import Callable, Sequence
 
 from srum_ray.shapes.constraints import (
@@ -288,3 +289,58 @@ def canonical_key(spec: PromptSpec) -> frozenset[Constraint]:
             c = Relation(c.b, flip[c.rel], c.a)
         out.append(c)
     return frozenset(out)
+
+
+_NUMBER_OF = {w: n for n, w in NUMBER_WORDS.items()}
+_RELATION_WORDS = {tuple(p.split()): rel for rel, p in RELATION_PHRASES.items()}
+_PLURAL = {s + "s": s for s in SHAPES}
+
+
+def parse_prompt(text: str) -> PromptSpec:
+    """Read a prompt of this grammar back into its constraints (the inverse of the samplers).
+
+    Noun phrases are ``(a|an|one..four) [size] [texture] [colour] shape[s]``; a/an makes an
+    ``Exists``, a number word a ``Count``; a relation phrase between two noun phrases adds a
+    ``Relation``; ``,`` and ``and`` only separate. The category is :func:`classify`'s.
+
+    Raises:
+        ValueError: naming the first word that does not fit the grammar.
+    """
+    words = re.findall(r"[a-z]+|,", text.lower())
+    i, phrases, relations = 0, [], []
+    pending_rel = None
+    while i < len(words):
+        w = words[i]
+        if w in (",", "and"):
+            i += 1
+            continue
+        rel = next((r for ws, r in _RELATION_WORDS.items() if tuple(words[i : i + len(ws)]) == ws), None)
+        if rel is not None:
+            if not phrases or pending_rel is not None:
+                raise ValueError(f"relation {' '.join(RELATION_PHRASES[rel].split())!r} needs an object before it in {text!r}")
+            pending_rel = rel
+            i += len(RELATION_PHRASES[rel].split())
+            continue
+        if w not in ("a", "an") and w not in _NUMBER_OF:
+            raise ValueError(f"expected a, an or a number word at {w!r} in {text!r}")
+        count = _NUMBER_OF.get(w)
+        i += 1
+        attrs: dict[str, str] = {}
+        for attr, values in (("size", tuple(SIZES)), ("texture", TEXTURES), ("colour", tuple(COLOURS))):
+            if i < len(words) and words[i] in values:
+                attrs[attr] = words[i]
+                i += 1
+        if i >= len(words) or (words[i] not in SHAPES and words[i] not in _PLURAL):
+            raise ValueError(f"expected a shape at {words[i] if i < len(words) else 'the end'!r} in {text!r}")
+        shape = _PLURAL.get(words[i], words[i])
+        i += 1
+        phrases.append((ObjectQuery(shape=shape, **attrs), count))
+        if pending_rel is not None:
+            relations.append((len(phrases) - 2, pending_rel, len(phrases) - 1))
+            pending_rel = None
+    if not phrases or pending_rel is not None:
+        raise ValueError(f"no complete object phrase in {text!r}")
+    constraints: list[Constraint] = [Exists(q) if n is None else Count(q, n) for q, n in phrases]
+    constraints += [Relation(phrases[a][0], rel, phrases[b][0]) for a, rel, b in relations]
+    spec = PromptSpec(text, "", tuple(constraints))
+    return PromptSpec(text, _category_or_none(spec) or "complex", spec.constraints)

@@ -12,11 +12,11 @@ same torch build and thread count: CPU reductions may round differently across t
   classifier-free guidance, AdamW with warm-up, EMA of the weights (the EMA is shipped). It is
   trained only so far (``--gen-steps``): good at single objects, weaker at binding, relations
   and counting, as a base UMM is.
-* Understanding: whole-image questions (does the scene satisfy every constraint: rendered
-  scenes that satisfy the prompt vs ones wrong in exactly one attribute, half each, some
-  with a distractor object) and region questions (is the object in this box one the prompt
-  asks for; its colour, shape, size, texture), with blur and noise so it also reads imperfect
-  images. BCE on the match logit, cross-entropy on the attributes.
+* Understanding: its perception network learns the colour, shape, size and texture of the
+  object in a region (cross-entropy), on objects of rendered scenes for training prompts
+  (right or wrong in one attribute, sometimes with a distractor), with blur and noise so it
+  also reads imperfect images. Reading the prompt and reasoning over what it sees need no
+  training (srum_ray/models/shapes_umm.py).
 
 Then it measures (:mod:`srum_ray.shapes.measure`) and writes ``MODEL_CARD.md`` and
 ``card.json`` next to the weights.
@@ -50,11 +50,12 @@ from srum_ray.models.shapes_umm import (
     images_to_pixels,
 )
 from srum_ray.shapes.constraints import Exists, ObjectQuery, PromptSpec
-from srum_ray.shapes.grammar import noun_phrase, queries_of
+from srum_ray.shapes.grammar import noun_phrase
 from srum_ray.shapes.render import render
 from srum_ray.shapes.sampler import scene_for, wrong_scene_for
 from srum_ray.shapes.spec import COLOURS, SHAPES, SIZES, TEXTURES, Scene
 from srum_ray.shapes.splits import SplitPrompt, is_held_out, make_splits
+from srum_ray.types import Box
 
 #: sampling settings the base model is measured with (and the shapes configs use)
 BASE_GENERATION = GenerationConfig(num_inference_steps=12, guidance_scale=3.0, shift=2.0, batch_size=64)
@@ -82,10 +83,6 @@ def degrade(image: Image.Image, rng: random.Random) -> Image.Image:
     arr = np.asarray(image, dtype=np.float32)
     noise = np.random.default_rng(rng.getrandbits(32)).normal(0.0, std, arr.shape)
     return Image.fromarray(np.clip(arr + noise, 0, 255).round().astype(np.uint8), "RGB")
-
-
-def _obj_matches(q: ObjectQuery, o) -> bool:
-    return q.matches(o.shape, o.colour, o.size, o.texture)
 
 
 class Corpus:
@@ -149,55 +146,43 @@ def train_generator(
             "final_loss": float(np.mean(losses[-100:])), "seconds": time.perf_counter() - t0}
 
 
-def judge_examples(corpus: Corpus, rng: random.Random, n: int) -> tuple[list[Image.Image], list[str], list, list[float], list[dict | None]]:
-    """``n`` training examples: half whole-image, half region questions (see the module docstring)."""
-    images, prompts, boxes, labels, attrs = [], [], [], [], []
-    for k in range(n):
+def region_examples(corpus: Corpus, rng: random.Random, n: int) -> tuple[list[Image.Image], list[Box], list[dict[str, str]]]:
+    """``n`` (image, region box, object attributes) examples: an object of a rendered scene for
+    a training prompt (the scene right or wrong in one attribute, sometimes with a distractor),
+    blurred and noised, its box jittered by a pixel or two as proposals are."""
+    images, boxes, attrs = [], [], []
+    for _ in range(n):
         spec = corpus.draw(rng)
-        right = rng.random() < 0.5
-        if right:
+        if rng.random() < 0.5:
             scene = scene_for(spec, rng, max_distractors=1 if rng.random() < 0.3 else 0)
         else:
             scene, _ = wrong_scene_for(spec, rng)
-        image = degrade(render(scene), rng)
-        images.append(image)
-        prompts.append(spec.text)
-        if k % 2 == 0:
-            boxes.append(None)
-            labels.append(1.0 if right else 0.0)
-            attrs.append(None)
-        else:
-            o = rng.choice(scene.objects)
-            x0, y0, x1, y1 = o.bbox()
-            j = [rng.randint(-2, 1) for _ in range(4)]
-            from srum_ray.types import Box
-
-            boxes.append(Box(float(x0 + j[0]), float(y0 + j[1]), float(x1 - j[2]), float(y1 - j[3])))
-            labels.append(1.0 if any(_obj_matches(q, o) for q in queries_of(spec)) else 0.0)
-            attrs.append({"colour": o.colour, "shape": o.shape, "size": o.size, "texture": o.texture})
-    return images, prompts, boxes, labels, attrs
+        o = rng.choice(scene.objects)
+        x0, y0, x1, y1 = o.bbox()
+        j = [rng.randint(-2, 1) for _ in range(4)]
+        images.append(degrade(render(scene), rng))
+        boxes.append(Box(float(x0 + j[0]), float(y0 + j[1]), float(x1 - j[2]), float(y1 - j[3])))
+        attrs.append({"colour": o.colour, "shape": o.shape, "size": o.size, "texture": o.texture})
+    return images, boxes, attrs
 
 
 def train_understanding(
     und: ShapesUnderstanding, corpus: Corpus, *, steps: int, batch: int, lr: float, seed: int,
     warmup: int = 100, log: Callable[[str], None] = print,
 ) -> dict:
+    """Cross-entropy on the four attribute heads over :func:`region_examples`."""
     net = und.net
     net.train()
     opt = torch.optim.AdamW(net.parameters(), lr=lr, betas=(0.9, 0.99), weight_decay=0.01)
     t0, losses = time.perf_counter(), []
     for step in range(steps):
         rng = random.Random(f"shapes-umm/judge/{seed}/{step}")
-        images, prompts, boxes, labels, attrs = judge_examples(corpus, rng, batch)
-        out = net(
-            images_to_pixels(images, und.cfg.canvas), box_masks(boxes, und.cfg.canvas),
-            und.tokenizer(prompts), torch.tensor([0 if b is None else 1 for b in boxes]), und.tokenizer.pad_id,
+        images, boxes, attrs = region_examples(corpus, rng, batch)
+        out = net(images_to_pixels(images, und.cfg.canvas), box_masks(boxes, und.cfg.canvas))
+        loss = sum(
+            F.cross_entropy(out[name], torch.tensor([classes.index(a[name]) for a in attrs]))
+            for name, classes in ATTRIBUTE_HEADS.items()
         )
-        loss = F.binary_cross_entropy_with_logits(out["match"], torch.tensor(labels))
-        local = [i for i, a in enumerate(attrs) if a is not None]
-        for name, classes in ATTRIBUTE_HEADS.items():
-            target = torch.tensor([classes.index(attrs[i][name]) for i in local])
-            loss = loss + 0.5 * F.cross_entropy(out[name][local], target)
         for group in opt.param_groups:
             group["lr"] = _lr_at(step, lr, warmup)
         opt.zero_grad(set_to_none=True)
@@ -219,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gen-steps", type=int, default=2400)
     ap.add_argument("--gen-batch", type=int, default=64)
     ap.add_argument("--gen-lr", type=float, default=6e-4)
-    ap.add_argument("--judge-steps", type=int, default=1500)
+    ap.add_argument("--judge-steps", type=int, default=400)
     ap.add_argument("--judge-batch", type=int, default=128)
     ap.add_argument("--judge-lr", type=float, default=5e-4)
     ap.add_argument("--single-share", type=float, default=0.3, help="share of single-object captions in the data")

@@ -171,3 +171,27 @@ def test_canonical_key_ignores_word_order():
     right = PromptSpec("y", "spatial", (Exists(b), Exists(a), Relation(b, "right", a)))
     above = PromptSpec("z", "spatial", (Exists(a), Exists(b), Relation(a, "above", b)))
     assert canonical_key(left) == canonical_key(right) != canonical_key(above)
+
+
+def test_parse_prompt_inverts_every_sampler():
+    from srum_ray.shapes.grammar import canonical_key, parse_prompt
+
+    rng = random.Random(11)
+    for cat in CATEGORIES:
+        for _ in range(200):
+            spec = sample_prompt(cat, rng)
+            back = parse_prompt(spec.text)
+            assert canonical_key(back) == canonical_key(spec) and back.category == spec.category
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("a photo of a cat", "expected a shape"),
+    ("above a red circle", "needs an object before it"),
+    ("red circle", "expected a, an or a number word"),
+    ("a red circle above", "no complete object phrase"),
+])
+def test_parse_prompt_names_what_does_not_fit(text, fragment):
+    from srum_ray.shapes.grammar import parse_prompt
+
+    with pytest.raises(ValueError, match=fragment):
+        parse_prompt(text)

@@ -13,20 +13,23 @@ from srum_ray.judging.judge import Judge
 from srum_ray.judging.filter import BoxFilter
 from srum_ray.models.registry import build_model, check_checkpoint
 from srum_ray.models.shapes_umm import (
+    ATTRIBUTE_HEADS,
     UNKNOWN_QUESTION,
+    Seen,
+    constraint_probability,
     ShapesGenerator,
     ShapesNetConfig,
     ShapesUnderstanding,
     WordTokenizer,
     foreground_boxes,
 )
-from srum_ray.shapes.grammar import sample_prompt
-from srum_ray.shapes.constraints import CATEGORIES
+from srum_ray.shapes.grammar import parse_prompt, sample_prompt
+from srum_ray.shapes.constraints import CATEGORIES, Count, Exists, ObjectQuery, Relation
 from srum_ray.shapes.render import render
 from srum_ray.shapes.sampler import scene_for
 from srum_ray.shapes.splits import make_splits
-from srum_ray.shapes.train_umm import Corpus, judge_examples, single_object_prompt, train_generator, train_understanding
-from srum_ray.types import PARSED
+from srum_ray.shapes.train_umm import Corpus, region_examples, single_object_prompt, train_generator, train_understanding
+from srum_ray.types import MISSING, PARSED, Box
 
 SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2)
 GEN = GenerationConfig(num_inference_steps=3, guidance_scale=2.0, shift=2.0, batch_size=3)
@@ -119,9 +122,48 @@ def test_answers_are_read_by_the_judges_parser(mode):
         assert all(-1 <= s <= 1 for s in j.region_scores)
         # the object names are the attribute heads' words
         assert all(name.split()[-1] in ("circle", "square", "triangle", "star") for name in j.region_objects)
-    # scores are the network's outputs, written with two decimals
-    direct = und.predict(images[:1], [specs[0].text], [None])["score"]
-    assert out[0].global_score == pytest.approx(float(direct[0]), abs=0.006)
+    # the written scores are the module's reasoning over what it sees, to two decimals
+    spec = parse_prompt(specs[0].text)
+    seen = und.perceive([images[0]] * len(boxes[0]), boxes[0])
+    assert out[0].global_score == pytest.approx(und.global_score(spec, seen), abs=0.006)
+    assert out[0].region_scores[0] == pytest.approx(und.region_score(spec, seen[0]), abs=0.006)
+
+
+def test_a_prompt_outside_the_grammar_gets_no_score():
+    und = ShapesUnderstanding(SMALL, seed=3)
+    img = render(scene_for(sample_prompt("colour", random.Random(1)), random.Random(1)))
+    judge = Judge(und, JudgeConfig(answer_mode="free", max_new_tokens=64, max_retries=1))
+    (j,) = judge.judge([img], ["a photo of a cat"], [foreground_boxes(img)], [[True] * len(foreground_boxes(img))])
+    assert j.global_score is None and j.global_status == MISSING
+    assert "cannot read this prompt" in j.global_raw[0]
+
+
+def _seen(x: float, y: float, **probs: dict) -> Seen:
+    full = {}
+    for attr, classes in ATTRIBUTE_HEADS.items():
+        p = np.full(len(classes), 0.0)
+        for value, v in probs.get(attr, {classes[0]: 1.0}).items():
+            p[classes.index(value)] = v
+        full[attr] = p
+    return Seen(Box(x - 5, y - 5, x + 5, y + 5), full)
+
+
+def test_reasoning_over_seen_objects_matches_hand_computed_probabilities():
+    red_circle = _seen(10, 30, colour={"red": 0.9, "blue": 0.1}, shape={"circle": 1.0})
+    blue_square = _seen(50, 30, colour={"blue": 0.8, "red": 0.2}, shape={"square": 1.0})
+    seen = [red_circle, blue_square]
+    red, blue = ObjectQuery(shape="circle", colour="red"), ObjectQuery(shape="square", colour="blue")
+    assert constraint_probability(Exists(red), seen) == pytest.approx(0.9)
+    assert constraint_probability(Relation(red, "left", blue), seen) == pytest.approx(0.9 * 0.8)
+    assert constraint_probability(Relation(red, "right", blue), seen) == 0.0
+    # exactly one red thing of any shape: 0.9 * (1 - 0.2)
+    assert constraint_probability(Count(ObjectQuery(colour="red"), 1), seen) == pytest.approx(0.9 * 0.8)
+    assert constraint_probability(Count(ObjectQuery(colour="red"), 3), seen) == 0.0
+    und = ShapesUnderstanding(SMALL)
+    spec = parse_prompt("a red circle to the left of a blue square")
+    assert und.global_score(spec, seen) == pytest.approx(2 * (0.9 * 0.8 * 0.72) - 1)
+    assert und.region_score(spec, blue_square) == pytest.approx(2 * 0.8 - 1)
+    assert red_circle.name() == "small red circle"
 
 
 def test_filter_and_unknown_questions():
@@ -151,10 +193,12 @@ def test_training_is_deterministic_and_lowers_the_loss(splits):
     assert later["final_loss"] < first["final_loss"]
 
 
-def test_judge_examples_label_what_the_scene_shows(splits):
+def test_region_examples_describe_the_object_in_the_box(splits):
     corpus = Corpus(splits["train"], 0.3)
-    images, prompts, boxes, labels, attrs = judge_examples(corpus, random.Random(0), 40)
-    assert len(images) == len(prompts) == len(boxes) == len(labels) == 40
-    assert all(b is None for b in boxes[0::2]) and all(b is not None for b in boxes[1::2])
-    assert all(a is None for a in attrs[0::2]) and all(set(a) == {"colour", "shape", "size", "texture"} for a in attrs[1::2])
-    assert 0 < sum(labels[0::2]) < 20  # both right and wrong whole-image examples
+    images, boxes, attrs = region_examples(corpus, random.Random(0), 30)
+    assert len(images) == len(boxes) == len(attrs) == 30
+    for img, box, a in zip(images, boxes, attrs):
+        assert set(a) == {"colour", "shape", "size", "texture"}
+        # the box is about the object's size (each side jittered by -1..2 px)
+        side = 2 * (7 if a["size"] == "small" else 12) + 1
+        assert side - 2 <= box.x1 - box.x0 <= side + 4
