@@ -176,10 +176,15 @@ class LearnerWorker:
         return {k: v.detach().to(self.device if on_device else "cpu", copy=True) for k, v in state.items()}
 
     def state_dict_for_sync(self, return_weights: bool = True) -> dict[str, torch.Tensor] | None:
-        """Full trainable weights on CPU (a collective at ZeRO-3); ``None`` if not wanted here."""
+        """Full trainable weights on CPU (a collective at ZeRO-3); ``None`` if not wanted here.
+
+        Returned as a :class:`~srum_ray.runtime.sync.WireState` (one copy into the object
+        store; readers on this node map it)."""
+        from srum_ray.runtime.sync import WireState
+
         state = self._full_state(on_device=False)
         self._last_nbytes = sum(t.numel() * t.element_size() for t in state.values())
-        return state if return_weights else None
+        return WireState(state) if return_weights else None
 
     def state_nbytes(self) -> int:
         """Bytes of the last state dict :meth:`state_dict_for_sync` produced here."""
@@ -324,7 +329,7 @@ class LearnerGroup:
         if self.local is not None:
             if not ray.is_initialized():
                 raise RuntimeError("state_dict_ref needs Ray (ray.init) even for a local learner")
-            return ray.put(self.local.state_dict_for_sync())
+            return ray.put(self.local.state_dict_for_sync())  # a WireState
 
         refs = [w.state_dict_for_sync.remote(i == 0) for i, w in enumerate(self.workers)]
         _get_all(refs[1:])

@@ -199,7 +199,9 @@ class _StageReplica:
         # batch fills each request's batch, whatever tensors the requests carried
         merged = RolloutBatch.concat([RolloutBatch(records=b.records, images=b.images) for b in batches])
         with self._model_lock:
+            t = time.perf_counter()
             counters = self._apply(merged) if len(merged) else {}
+            busy = time.perf_counter() - t
         with self._count_lock:
             self._batches += 1
             self._requests += len(batches)
@@ -208,7 +210,8 @@ class _StageReplica:
         zeros = {k: 0 for k in counters}
         rid = self.replica_id()
         return [
-            StageReply(b, rid, seq, len(batches), dict(counters) if i == 0 else dict(zeros))
+            StageReply(b, rid, seq, len(batches), dict(counters) if i == 0 else dict(zeros),
+                       busy if i == 0 else 0.0)
             for i, b in enumerate(batches)
         ]
 

@@ -29,7 +29,7 @@ from safetensors.torch import save_file
 from srum_ray import distributed
 from srum_ray.config.schema import TrainConfig
 from srum_ray.learner.ds_config import build_deepspeed_config
-from srum_ray.learner.engine import Engine, warmup_factor
+from srum_ray.learner.engine import Engine, build_adamw, warmup_factor
 from srum_ray.losses import noisy_latents, sample_timesteps, srum_flow_loss, velocity_target
 from srum_ray.models.base import GenerationModel
 from srum_ray.types import RolloutBatch
@@ -94,9 +94,7 @@ class DeepSpeedEngine(Engine):
         log.info("deepspeed engine: rank %d/%d, ZeRO-%d, %s, on %s", self.rank, self.world_size,
                  cfg.zero_stage, dtype, self.device)
         self.ds_config = build_deepspeed_config(cfg, self.world_size, dtype=dtype)
-        optimizer = torch.optim.AdamW(
-            params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay
-        )
+        optimizer = build_adamw(params, cfg)
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda s: warmup_factor(s, cfg.warmup_steps)
         )

@@ -50,7 +50,9 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, *, dtype: str = 
 
     Returns:
         A JSON-serialisable dict for ``deepspeed.initialize(config=...)``, without
-        ``optimizer`` / ``scheduler`` blocks.
+        ``optimizer`` / ``scheduler`` blocks. ``overlap_comm`` and ``contiguous_gradients``
+        are on only for more than one rank; bf16 skips DeepSpeed's gradient overflow scan
+        (both measured in docs/PERFORMANCE.md).
 
     Raises:
         ValueError: batch size not divisible by world size x accumulation, or unknown dtype.
@@ -58,11 +60,20 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, *, dtype: str = 
     if dtype not in DTYPES:
         raise ValueError(f"unknown training dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
     micro = micro_batch_size(train.batch_size, world_size, train.grad_accum_steps)
+    # overlapped, contiguous gradient buckets serve the reduce-scatter between ranks; with one
+    # rank there is nothing to reduce and they only add a copy of every gradient
+    many = world_size > 1
     zero: dict[str, Any] = {
         "stage": int(train.zero_stage),
-        "overlap_comm": True,
-        "contiguous_gradients": True,
+        "overlap_comm": many,
+        "contiguous_gradients": many,
     }
+    # bf16 has float32's exponent range and no loss scale: DeepSpeed's default scan of every
+    # gradient for inf/NaN (an extra pass before each step) is off, as in its float32 path
+    # and in the torch engine; a non-finite gradient shows in the step's grad_norm
+    bf16: dict[str, Any] = {"enabled": dtype == "bfloat16"}
+    if dtype == "bfloat16":
+        bf16["check_grad_overflow"] = False
     fp16: dict[str, Any] = {"enabled": dtype == "float16"}
     if dtype == "float16":
         fp16.update(loss_scale=0, initial_scale_power=16, loss_scale_window=1000, hysteresis=2,
@@ -73,7 +84,7 @@ def build_deepspeed_config(train: TrainConfig, world_size: int, *, dtype: str = 
         "gradient_accumulation_steps": int(train.grad_accum_steps),
         "gradient_clipping": float(train.grad_clip),
         "zero_optimization": zero,
-        "bf16": {"enabled": dtype == "bfloat16"},
+        "bf16": bf16,
         "fp16": fp16,
         "steps_per_print": STEPS_PER_PRINT,
         "wall_clock_breakdown": False,

@@ -6,6 +6,11 @@ it waits for a free generator, then sends the generated chunk to the grounder po
 to the judge pool, so a chunk is judged while later chunks are still being drawn. Requests
 to the pools carry images and records only (latents and conditioning stay in the driver
 and are re-attached by sample id). A role whose remote count is 0 runs in the driver.
+
+Stage seconds of a chunk: ``generate`` is the time a generator spent on it (not the wait
+for a free one); ``propose`` / ``judge`` are the driver's request latencies (queueing and
+Serve batching included), and ``propose_busy`` / ``judge_busy`` the time the pool replicas
+report spending in their stages (a merged call counts once).
 """
 
 from __future__ import annotations
@@ -48,6 +53,12 @@ def _merge(full: RolloutBatch, answered: RolloutBatch) -> RolloutBatch:
         raise RuntimeError(f"a pool answered {len(by_id)} records for {len(full.records)}: missing {missing[:5]}")
     full.records = [by_id[r.id] for r in full.records]
     return full
+
+
+def _add_busy(seconds: dict[str, float], key: str, busy: float | None) -> None:
+    """Add a pool's reported busy time (``propose_busy`` / ``judge_busy``) to a chunk's seconds."""
+    if busy is not None:
+        seconds[key] = seconds.get(key, 0.0) + busy
 
 
 class _LocalGenerator:
@@ -127,18 +138,27 @@ class RayRuntime(Runtime):
             seconds[stage] = seconds.get(stage, 0.0) + time.perf_counter() - t
             self._queue(stage, -1)
 
-    def _generate(self, free: "queue.Queue[Any]", chunk: list[SampleSpec], r: int) -> RolloutBatch:
-        gen = free.get()
+    def _generate(self, free: "queue.Queue[Any]", chunk: list[SampleSpec], r: int,
+                  seconds: dict[str, float]) -> RolloutBatch:
+        """Draw ``chunk`` on the next free generator; ``seconds["generate"]`` gets the time
+        from taking a generator to its answer (the generator's busy time, not the wait)."""
+        self._queue("generate", +1)
         try:
-            batch = gen.call("generate", chunk, r)
-            stale = {rec.weights_version for rec in batch.records} - {self.version}
-            if stale:  # a restarted generator came back with its base weights: resync, redraw
-                log.warning("generator drew with weights %s, expected %d: resyncing it", stale, self.version)
-                self._push_object_store([gen], self.version)
+            gen = free.get()
+            t = time.perf_counter()
+            try:
                 batch = gen.call("generate", chunk, r)
-            return batch
+                stale = {rec.weights_version for rec in batch.records} - {self.version}
+                if stale:  # a restarted generator came back with its base weights: resync, redraw
+                    log.warning("generator drew with weights %s, expected %d: resyncing it", stale, self.version)
+                    self._push_object_store([gen], self.version)
+                    batch = gen.call("generate", chunk, r)
+                return batch
+            finally:
+                seconds["generate"] = seconds.get("generate", 0.0) + time.perf_counter() - t
+                free.put(gen)
         finally:
-            free.put(gen)
+            self._queue("generate", -1)
 
     def collect(self, specs: Sequence[SampleSpec], round_index: int, on_batch: OnBatch) -> None:
         size = self.cfg.generation.batch_size
@@ -149,9 +169,11 @@ class RayRuntime(Runtime):
 
         def run_chunk(chunk: list[SampleSpec]) -> tuple[RolloutBatch, dict[str, float]]:
             seconds: dict[str, float] = {}
-            batch = self._timed("generate", seconds, lambda: self._generate(free, chunk, round_index))
+            batch = self._generate(free, chunk, round_index, seconds)
             boxed = self._timed("propose", seconds, lambda: self.grounder.call(images_only(batch)))
+            _add_busy(seconds, "propose_busy", self.grounder.last_busy_s())
             judged = self._timed("judge", seconds, lambda: self.judge.call(images_only(_merge(batch, boxed))))
+            _add_busy(seconds, "judge_busy", self.judge.last_busy_s())
             return _merge(batch, judged), seconds
 
         workers = max(1, min(len(chunks), 4 * len(self.generators) + 4))

@@ -50,6 +50,8 @@ class StageReply:
         counters: the handler call's counters (judge/filter/grounder statistics). A merged
             call reports them on its first request only (zeros on the others), so the sum
             over all replies equals the sum over all handler calls.
+        busy_s: seconds the handler call spent in the role's stages (not queueing or
+            batching waits); like the counters, on the merged call's first request only.
     """
 
     batch: RolloutBatch
@@ -57,6 +59,7 @@ class StageReply:
     batch_seq: int
     batch_requests: int
     counters: dict[str, int] = field(default_factory=dict)
+    busy_s: float = 0.0
 
 
 def images_only(batch: RolloutBatch) -> RolloutBatch:
@@ -78,6 +81,7 @@ class StageClient:
     def __init__(self) -> None:
         self._counter_lock = threading.Lock()
         self._counters: dict[str, int] = {}
+        self._last = threading.local()
         self.retries_used = 0
         self.calls = 0
 
@@ -103,16 +107,23 @@ class StageClient:
             out, self._counters = self._counters, {}
         return out
 
+    def last_busy_s(self) -> float | None:
+        """``busy_s`` of the reply to this thread's last :meth:`call` (None if the stage
+        returned a bare batch). Summed over a round's calls: the replicas' busy time."""
+        return getattr(self._last, "busy_s", None)
+
     def _unwrap(self, reply: Any) -> RolloutBatch:
         if isinstance(reply, StageReply):
             with self._counter_lock:
                 for k, v in reply.counters.items():
                     self._counters[k] = self._counters.get(k, 0) + int(v)
                 self.calls += 1
+            self._last.busy_s = float(reply.busy_s)
             return reply.batch
         if isinstance(reply, RolloutBatch):
             with self._counter_lock:
                 self.calls += 1
+            self._last.busy_s = None
             return reply
         raise TypeError(
             f"a stage must return a RolloutBatch or StageReply, got {type(reply).__name__}"

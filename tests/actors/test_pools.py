@@ -189,8 +189,16 @@ def test_driver_stage_when_max_replicas_is_zero(cfg):
     assert isinstance(stage, LocalStage) and stage.describe() == "in the driver"
     assert stage.num_replicas() == 1
     batches = [make_batch([f"d-{i}", f"d-{i + 10}"], with_boxes=False) for i in range(3)]
+    assert stage.last_busy_s() is None  # nothing called yet from this thread
+
+    def call(b):  # each thread sees the busy time its own call's replica reported
+        t = time.perf_counter()
+        got = stage.call(b)
+        return got, stage.last_busy_s(), time.perf_counter() - t
+
     with ThreadPoolExecutor(3) as ex:
-        out = list(ex.map(stage.call, batches))
+        out, busy, wall = zip(*ex.map(call, batches))
+    assert all(0 < b <= w for b, w in zip(busy, wall))
     ref = build_grounder(cfg.grounder, device="cpu")
     for b, o in zip(batches, out):
         assert o is b  # filled in place, one batch back per call

@@ -175,7 +175,7 @@ def test_bfloat16_mixed_precision_trains(batch):
     cfg = make_cfg(1, "run.dtype=bfloat16")
     gen = TinyGenerator(cfg.model.tiny, cfg.generation, dtype="bfloat16")
     eng = DeepSpeedEngine(gen, cfg.train, 0, dtype="bfloat16")
-    assert eng.ds_config["bf16"] == {"enabled": True}
+    assert eng.ds_config["bf16"] == {"enabled": True, "check_grad_overflow": False}
     metrics = repeat_steps(eng, batch, 6)
     assert all(torch.isfinite(torch.tensor(m["loss"])) for m in metrics)
     assert metrics[-1]["loss"] < 0.95 * metrics[0]["loss"]

@@ -28,8 +28,9 @@ def test_bf16_zero3_one_rank():
     cfg = build_deepspeed_config(train, world_size=1, dtype="bfloat16")
     assert cfg["train_batch_size"] == 4 and cfg["train_micro_batch_size_per_gpu"] == 4
     assert cfg["gradient_accumulation_steps"] == 1 and cfg["gradient_clipping"] == 1.0
-    assert cfg["zero_optimization"]["stage"] == 3
-    assert cfg["bf16"] == {"enabled": True} and cfg["fp16"] == {"enabled": False}
+    assert cfg["zero_optimization"] == {"stage": 3, "overlap_comm": False, "contiguous_gradients": False}
+    assert cfg["bf16"] == {"enabled": True, "check_grad_overflow": False}
+    assert cfg["fp16"] == {"enabled": False}
 
 
 def test_fp16_has_dynamic_loss_scaling():

@@ -98,6 +98,9 @@ def test_roles_on_their_nodes_round_streams_and_survives_a_judge_kill(cluster, t
         rounds = [x for x in rows if x["kind"] == "round"]
         assert rounds[-1]["replicas"]["generator"] == 2 and rounds[-1]["replicas"]["learner"] == 1
         assert rounds[-1]["sync"]["bytes"] > 0
+        # the pools report their replicas' busy time apart from the driver's request latency
+        t = rounds[-1]["timings_s"]
+        assert 0 < t["propose_busy"] <= t["propose"] and 0 < t["judge_busy"] <= t["judge"]
         trace = json.loads((rd.round_dir(1) / "timeline.json").read_text())
         assert any("generate" in str(e.get("name", "")) for e in trace)
     finally:
