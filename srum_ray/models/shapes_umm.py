@@ -406,6 +406,9 @@ class ShapesGenerator(GenerationModel):
         for start in range(0, len(prompts), step):
             latents.append(self._sample(words[start : start + step], seeds[start : start + step], sigmas))
         x0 = torch.cat(latents) if latents else torch.zeros(0, *self.latent_shape)
+        # the latent of the image as drawn (pixels live in [-1, 1]); guidance can overshoot, and
+        # training on overshoot would feed it back round after round
+        x0 = x0.clamp(-1.0, 1.0)
         return GenerationOutput(self.decode(x0), x0, {"words": words})
 
     def _sample(self, words: torch.Tensor, seeds: Sequence[int], sigmas: torch.Tensor) -> torch.Tensor:
@@ -449,6 +452,8 @@ _PROMPT_RE = re.compile(r'^Prompt: "(.*)"$', re.MULTILINE)
 _REGION_RE = re.compile(r"^Region (\d+): \[(-?[\d.]+), (-?[\d.]+), (-?[\d.]+), (-?[\d.]+)\]$", re.MULTILINE)
 _SINGLE_REGION_RE = re.compile(r"^Region: \[(-?[\d.]+), (-?[\d.]+), (-?[\d.]+), (-?[\d.]+)\]$", re.MULTILINE)
 _SCORE_TAIL_RE = re.compile(r"Region (\d+): Object: (.*); Score: $")
+#: the global score from which the image counts as entirely right (see ShapesUnderstanding)
+RIGHT_SCORE = 0.75
 #: what the understanding module says to a question it does not know
 UNKNOWN_QUESTION = "I cannot answer that question."
 
@@ -512,8 +517,10 @@ class ShapesUnderstanding(UnderstandingModel):
 
     * a region: ``2 * max_q P(object matches q) - 1`` over the prompt's object phrases ``q``
       (an object nobody asked for scores near -1);
-    * the whole image: its own regions (:meth:`ground`), then ``2 * prod_c P(c holds) - 1``
-      over the prompt's constraints (exists / exact count / relation, objects independent).
+    * the whole image: its own regions (:meth:`ground`), then ``2 * mean_c P(c holds) - 1``
+      over the prompt's constraints (exists / exact count / relation, objects independent):
+      1 when all hold, lower the more fail. A whole-image verdict "right" is a score of at
+      least :data:`RIGHT_SCORE` (with at most four constraints, one missed scores <= 0.5).
 
     A prompt outside the grammar gets a one-line answer saying so and no score (the judge's
     parser then reports it missing).
@@ -549,10 +556,10 @@ class ShapesUnderstanding(UnderstandingModel):
         return 2 * max((seen.match(q) for q in queries_of(spec)), default=0.0) - 1
 
     def global_score(self, spec, seen: Sequence[Seen]) -> float:
-        p = 1.0
-        for c in spec.constraints:
-            p *= constraint_probability(c, seen)
-        return 2 * p - 1
+        """``2 * mean_c P(c holds) - 1``: graded (every constraint met scores near 1, one of
+        three missed about 0.33), so a partly right image is told apart from a wholly wrong one."""
+        ps = [constraint_probability(c, seen) for c in spec.constraints]
+        return 2 * float(np.mean(ps)) - 1 if ps else 0.0
 
     # ------------------------------------------------------------------ the text interface
     def answer(

@@ -123,7 +123,7 @@ Reproduce:
 {chr(10).join(split_lines)}
 
 ## Understanding vs generation (base model)
-Understanding = agreement of the judge's whole-image verdict (score > 0) with the truth (rendered:
+Understanding = agreement of the judge's whole-image verdict (score >= 0.75) with the truth (rendered:
 how the scene was built, half right and half wrong in one attribute; generated: the exact
 evaluator on the base model's images).
 

@@ -51,7 +51,7 @@ from srum_ray.models.shapes_umm import (
 )
 from srum_ray.shapes.constraints import Exists, ObjectQuery, PromptSpec
 from srum_ray.shapes.grammar import noun_phrase
-from srum_ray.shapes.render import render
+from srum_ray.shapes.render import object_mask, render
 from srum_ray.shapes.sampler import scene_for, wrong_scene_for
 from srum_ray.shapes.spec import COLOURS, SHAPES, SIZES, TEXTURES, Scene
 from srum_ray.shapes.splits import SplitPrompt, is_held_out, make_splits
@@ -149,7 +149,7 @@ def train_generator(
 def region_examples(corpus: Corpus, rng: random.Random, n: int) -> tuple[list[Image.Image], list[Box], list[dict[str, str]]]:
     """``n`` (image, region box, object attributes) examples: an object of a rendered scene for
     a training prompt (the scene right or wrong in one attribute, sometimes with a distractor),
-    blurred and noised, its box jittered by a pixel or two as proposals are."""
+    blurred and noised, its tight box (what the grounder proposes) jittered by up to a pixel."""
     images, boxes, attrs = [], [], []
     for _ in range(n):
         spec = corpus.draw(rng)
@@ -158,8 +158,9 @@ def region_examples(corpus: Corpus, rng: random.Random, n: int) -> tuple[list[Im
         else:
             scene, _ = wrong_scene_for(spec, rng)
         o = rng.choice(scene.objects)
-        x0, y0, x1, y1 = o.bbox()
-        j = [rng.randint(-2, 1) for _ in range(4)]
+        rows, cols = np.nonzero(object_mask(o, scene.canvas))  # tight, as the grounder finds it
+        x0, y0, x1, y1 = int(cols.min()), int(rows.min()), int(cols.max()) + 1, int(rows.max()) + 1
+        j = [rng.randint(-1, 1) for _ in range(4)]
         images.append(degrade(render(scene), rng))
         boxes.append(Box(float(x0 + j[0]), float(y0 + j[1]), float(x1 - j[2]), float(y1 - j[3])))
         attrs.append({"colour": o.colour, "shape": o.shape, "size": o.size, "texture": o.texture})
