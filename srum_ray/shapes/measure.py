@@ -170,9 +170,11 @@ wrong in one attribute, sometimes with a distractor, blurred and noised.
 | understanding | {u.get('steps')} | {u.get('batch')} | {u.get('lr')} | {u.get('threads')} | {u.get('seconds', 0) / 60:.1f} min | {u.get('final_loss', float('nan')):.4f} |
 
 Wall times were taken while other jobs shared the two cores. The generator is stopped early,
-as a base model: it draws recognisable colours and rough shapes, single objects best
-({100 * single.get('overall', float('nan')):.1f}% of {single.get('n', 0)} single-object captions fully right),
-and is much weaker at binding several objects, sizes, counts and relations (below).
+as a base model: it draws the asked colours and rough, patchy shapes (8 px blocks), with
+{100 * single.get('overall', float('nan')):.1f}% of {single.get('n', 0)} single-object captions fully right and
+weaker binding of several objects, sizes, counts and relations (below). It is weaker than the
+issue's "good at single objects" asks: a longer-trained or convolutional-head generator is the
+next step (docs/ARCHITECTURE.md).
 
 ## Accuracies (test split, {sum(m.get('n_prompts', {}).values())} prompts, exact evaluator)
 Sampling: {m.get('sampling')}. Generation accuracy = share of prompts whose image satisfies every
