@@ -350,3 +350,11 @@ def ratio(a: float | None, b: float | None) -> float | None:
     if a is None or b is None or b == 0:
         return None
     return a / b
+
+
+def selected_ways(parser, text: str, known) -> list[str]:
+    """The comma-separated ways of ``--ways``; a parser error naming unknown ones."""
+    ways = [w for w in text.split(",") if w]
+    if set(ways) - set(known):
+        parser.error(f"unknown ways {sorted(set(ways) - set(known))}; known: {', '.join(known)}")
+    return ways

@@ -128,9 +128,7 @@ def main(argv=None) -> int:
     C.add_device_args(p)
     a = p.parse_args(argv)
     device = C.setup(a)
-    ways = [w for w in a.ways.split(",") if w]
-    if set(ways) - set(WAYS):
-        p.error(f"unknown ways {sorted(set(ways) - set(WAYS))}; known: {', '.join(WAYS)}")
+    ways = C.selected_ways(p, a.ways, WAYS)
     size = dict(PRESETS[a.preset])
     if a.resolution:
         size["resolution"] = a.resolution

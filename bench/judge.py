@@ -158,9 +158,7 @@ def main(argv=None) -> int:
     C.add_device_args(p)
     a = p.parse_args(argv)
     device = C.setup(a)
-    ways = [w for w in a.ways.split(",") if w]
-    if set(ways) - set(WAYS):
-        p.error(f"unknown ways {sorted(set(ways) - set(WAYS))}; known: {', '.join(WAYS)}")
+    ways = C.selected_ways(p, a.ways, WAYS)
     size = dict(PRESETS[a.preset])
     if a.image_side:
         size["image_side"] = a.image_side

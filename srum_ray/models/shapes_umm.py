@@ -34,7 +34,6 @@ import dataclasses
 import json
 import math
 import re
-from collections import deque
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -297,25 +296,13 @@ def foreground_boxes(image: Image.Image, *, threshold: float = 60.0, min_area: i
     rgb = np.asarray(image.convert("RGB"), dtype=np.float32)
     border = np.concatenate([rgb[0], rgb[-1], rgb[:, 0], rgb[:, -1]])
     mask = np.abs(rgb - np.median(border, axis=0)).max(-1) > threshold
-    h, w = mask.shape
-    seen = np.zeros_like(mask)
+    from srum_ray.shapes.detect import components
+
     found = []
-    for r0, c0 in zip(*np.nonzero(mask)):
-        if seen[r0, c0]:
-            continue
-        seen[r0, c0] = True
-        queue, rows, cols = deque([(r0, c0)]), [], []
-        while queue:
-            r, c = queue.popleft()
-            rows.append(r)
-            cols.append(c)
-            for rr in (r - 1, r, r + 1):
-                for cc in (c - 1, c, c + 1):
-                    if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
-                        seen[rr, cc] = True
-                        queue.append((rr, cc))
-        if len(rows) >= min_area:
-            found.append((len(rows), Box(float(min(cols)), float(min(rows)), float(max(cols) + 1), float(max(rows) + 1))))
+    for comp in components(mask, connectivity=8):
+        if len(comp) >= min_area:
+            rows, cols = comp[:, 0], comp[:, 1]
+            found.append((len(comp), Box(float(cols.min()), float(rows.min()), float(cols.max() + 1), float(rows.max() + 1))))
     found.sort(key=lambda a: -a[0])
     return [b for _, b in found]
 

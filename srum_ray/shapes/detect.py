@@ -129,8 +129,14 @@ def _to_array(image: Image.Image | np.ndarray) -> np.ndarray:
     return np.asarray(image, dtype=np.float32)
 
 
-def _components(mask: np.ndarray) -> list[np.ndarray]:
-    """4-connected components of a ``[H, W]`` bool mask, each as ``[N, 2]`` (row, col) indices."""
+def components(mask: np.ndarray, connectivity: int = 4) -> list[np.ndarray]:
+    """Connected components (``connectivity`` 4 or 8) of a ``[H, W]`` bool mask, each as
+    ``[N, 2]`` (row, col) indices, in scan order of their first pixel."""
+    if connectivity not in (4, 8):
+        raise ValueError(f"connectivity must be 4 or 8, got {connectivity}")
+    steps = [(-1, 0), (1, 0), (0, -1), (0, 1)]
+    if connectivity == 8:
+        steps += [(-1, -1), (-1, 1), (1, -1), (1, 1)]
     h, w = mask.shape
     seen = np.zeros_like(mask)
     out = []
@@ -142,7 +148,8 @@ def _components(mask: np.ndarray) -> list[np.ndarray]:
         while queue:
             r, c = queue.popleft()
             pix.append((r, c))
-            for rr, cc in ((r - 1, c), (r + 1, c), (r, c - 1), (r, c + 1)):
+            for dr, dc in steps:
+                rr, cc = r + dr, c + dc
                 if 0 <= rr < h and 0 <= cc < w and mask[rr, cc] and not seen[rr, cc]:
                     seen[rr, cc] = True
                     queue.append((rr, cc))
@@ -219,7 +226,7 @@ def _prototypes() -> tuple[np.ndarray, tuple[str, ...], dict[tuple[str, str], fl
                         im = render(Scene((SceneObject(shape, colour, size, texture, c, c),)))
                         if blur:
                             im = im.filter(ImageFilter.GaussianBlur(blur))
-                        comps = [k for k in _components(_foreground(_to_array(im))) if len(k) >= MIN_AREA]
+                        comps = [k for k in components(_foreground(_to_array(im))) if len(k) >= MIN_AREA]
                         if len(comps) != 1:
                             raise RuntimeError(f"prototype {shape}/{size}/{colour}/{texture} blur {blur}: {len(comps)} components")
                         group.append(_shape_features(comps[0][:, 0], comps[0][:, 1])[0])
@@ -300,7 +307,7 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
     diff = np.abs(hue[..., None] - _PALETTE_HUE)
     nearest = np.minimum(diff, 360.0 - diff).argmin(-1)
     out = []
-    for comp in _components(fg):
+    for comp in components(fg):
         if len(comp) < MIN_AREA:
             continue
         rows, cols = comp[:, 0], comp[:, 1]
@@ -320,7 +327,7 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
         for k in major:
             mask = np.zeros(fg.shape, dtype=bool)
             mask[rows[sub == k], cols[sub == k]] = True
-            for part in _components(mask):
+            for part in components(mask):
                 if len(part) >= MIN_AREA:
                     out.append(_describe(rgb, part[:, 0], part[:, 1], k))
     return sorted(out, key=lambda d: -d.area)
