@@ -321,7 +321,8 @@ def test_ray_job_submit_two_rounds(local_head, tmp_path):
     assert (pkg / "srum_ray" / "train.py").is_file() and (pkg / CONFIG).is_file()
     assert not any((pkg / d).exists() for d in (".git", ".venv", "runs"))
     size = sum(f.stat().st_size for f in pkg.rglob("*") if f.is_file())
-    assert size < 10 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB"
+    # the code, configs and the shipped shapes-world weights (14 MB), nothing else
+    assert size < 20 * 2**20, f"working dir upload is {size / 2**20:.1f} MiB"
 
     srum = {k: v for k, v in seen.items() if k[1] == run.name}
     if cfg.runtime.mode == "ray":
