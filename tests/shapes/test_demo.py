@@ -73,7 +73,9 @@ def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
     per_seed = [json.loads((tmp_path / "sweep" / f"seed{s}" / "results.json").read_text()) for s in (0, 1)]
     m, sd = results_mod.mean_sd([r["test"]["srum"]["overall"] for r in per_seed])
     assert f"| srum | " in text and f"{100 * m:.1f} ± {100 * sd:.1f}" in text
-    assert "Ablation order found" in text and "SRUM - SFT" in text
+    assert "Ranking found" in text and "SRUM - SFT" in text
+    assert "paper: dropping the global reward" not in text  # no_constraint was not run
+    assert "paper: full SRUM is best" in text
     # a finished seed is read back, not rerun
     mtime = (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime
     assert results_mod.main(argv) == 0
