@@ -243,7 +243,8 @@ def _build_shapes(
 ) -> UnifiedModel:
     """The shapes world's unified model (srum_ray/models/shapes_umm.py) from ``model.checkpoint``
     (the directory ``python -m srum_ray.shapes.train_umm`` writes; weights/shapes-umm ships)."""
-    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesUnderstanding
+    from srum_ray.models.shapes_umm import ShapesGenerator
+    from srum_ray.models.shapes_understanding import ShapesUnderstanding
 
     check_checkpoint(model_cfg)
     root = model_cfg.checkpoint

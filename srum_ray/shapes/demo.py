@@ -83,14 +83,14 @@ def report_dict(report: EvalReport, prompts: Sequence[SplitPrompt]) -> dict:
 
 
 class Evaluator:
-    """Scores generator weights on fixed validation and test prompts with fixed seeds."""
+    """Scores generator weights on given prompts with fixed seeds."""
 
-    def __init__(self, cfg: SrumConfig, val: list[SplitPrompt], test: list[SplitPrompt], seed: int) -> None:
+    def __init__(self, cfg: SrumConfig, seed: int) -> None:
         from srum_ray.models.registry import build_model
 
         self.generator = build_model(cfg.model, cfg.generation, "cpu", parts=("generator",)).generator
         self.base_state = {k: v.clone() for k, v in self.generator.trainable_module().state_dict().items()}
-        self.val, self.test, self.seed = val, test, seed
+        self.seed = seed
 
     def load(self, state: dict | None) -> None:
         self.generator.trainable_module().load_state_dict(self.base_state if state is None else state)
@@ -206,7 +206,7 @@ def run_demo(
             ray.shutdown()
 
     progress(f"[demo] scoring: {len(val)} validation prompts per round, {len(test)} test prompts per model")
-    ev = Evaluator(base_cfg, val, test, seed)
+    ev = Evaluator(base_cfg, seed)
     ev.load(None)
     base_val, _ = ev.score(val)
     base_test, base_images = ev.score(test)

@@ -98,7 +98,8 @@ def understanding_vs_generation(generator: GenerationModel, understanding: Under
 def measure_checkpoint(root: str | Path, splits: dict[str, list[SplitPrompt]], n_test: int = 600, log: Callable[[str], None] = print) -> dict:
     """Load the checkpoint at ``root`` and measure it on the first ``n_test`` test prompts
     (spread over categories: the split is ordered by category, so take every k-th)."""
-    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesUnderstanding
+    from srum_ray.models.shapes_umm import ShapesGenerator
+    from srum_ray.models.shapes_understanding import ShapesUnderstanding
     from srum_ray.shapes.train_umm import BASE_GENERATION
 
     gen = ShapesGenerator.from_pretrained(root, BASE_GENERATION)

@@ -8,7 +8,8 @@ import pytest
 from PIL import Image
 
 from srum_ray.config.schema import GenerationConfig
-from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig, ShapesUnderstanding
+from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
+from srum_ray.models.shapes_understanding import ShapesUnderstanding
 from srum_ray.shapes import results as results_mod
 from srum_ray.shapes.demo import arm_overrides, run_demo, subsample
 from srum_ray.shapes.splits import load_split_prompts

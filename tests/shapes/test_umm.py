@@ -12,15 +12,12 @@ from srum_ray.config.schema import FilterConfig, GenerationConfig, JudgeConfig, 
 from srum_ray.judging.judge import Judge
 from srum_ray.judging.filter import BoxFilter
 from srum_ray.models.registry import build_model, check_checkpoint
-from srum_ray.models.shapes_umm import (
-    ATTRIBUTE_HEADS,
+from srum_ray.models.shapes_umm import ATTRIBUTE_HEADS, ShapesGenerator, ShapesNetConfig, WordTokenizer
+from srum_ray.models.shapes_understanding import (
     UNKNOWN_QUESTION,
     Seen,
-    constraint_probability,
-    ShapesGenerator,
-    ShapesNetConfig,
     ShapesUnderstanding,
-    WordTokenizer,
+    constraint_probability,
     foreground_boxes,
 )
 from srum_ray.shapes.grammar import parse_prompt, sample_prompt
