@@ -106,8 +106,23 @@ class ShapesNetConfig:
     #: space-to-depth factor image -> latent and the latent patch side
     unshuffle: int = 4
     patch: int = 2
-    #: smallest t the x-prediction divides by
+    #: smallest t the x-prediction divides by (``arch: dit``)
     min_t: float = 0.05
+    #: ``udit``: convolutional encoder / decoder (channels per level, 64 -> 32 -> 16 px) around
+    #: the transformer, velocity prediction; ``dit``: the plain patch transformer, x-prediction
+    arch: str = "udit"
+    conv_channels: tuple[int, ...] = (16, 32, 64)
+
+    def __post_init__(self) -> None:
+        if self.arch not in ("dit", "udit"):
+            raise ValueError(f"ShapesNetConfig.arch must be 'dit' or 'udit', got {self.arch!r}")
+        self.conv_channels = tuple(int(c) for c in self.conv_channels)
+        if self.arch == "udit" and 2 ** (len(self.conv_channels) - 1) != self.unshuffle:
+            raise ValueError(
+                f"udit's conv encoder must bring the {self.canvas} px image down to the {self.latent_side} px "
+                f"latent grid: {len(self.conv_channels)} levels (conv_channels {self.conv_channels}) halve it "
+                f"{len(self.conv_channels) - 1} times, but unshuffle is {self.unshuffle}"
+            )
 
     @property
     def latent_channels(self) -> int:
@@ -155,6 +170,37 @@ def _timestep_features(t: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
 
+def _patchify(h: torch.Tensor, p: int) -> torch.Tensor:
+    """``[B, C, H, W]`` -> ``[B, (H/p)(W/p), C p p]`` tokens, row-major."""
+    b, ch, hh, ww = h.shape
+    return h.reshape(b, ch, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (hh // p) * (ww // p), ch * p * p)
+
+
+def _unpatchify(tok: torch.Tensor, p: int, ch: int, hh: int, ww: int) -> torch.Tensor:
+    """Inverse of :func:`_patchify`."""
+    b = tok.shape[0]
+    return tok.reshape(b, hh // p, ww // p, ch, p, p).permute(0, 3, 1, 4, 2, 5).reshape(b, ch, hh, ww)
+
+
+def _condition(net: nn.Module, t: torch.Tensor, words: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The conditioning vector (time + mean of the prompt's word embeddings) and the word mask."""
+    word_keep = words != pad_id
+    pooled = (net.word_emb(words) * word_keep[..., None]).sum(1) / word_keep.sum(1, keepdim=True).clamp(min=1)
+    return net.t_mlp(_timestep_features(t, net.cfg.width)) + net.text_mlp(pooled), word_keep
+
+
+def _joint_attention(net: nn.Module, img: torch.Tensor, words: torch.Tensor, word_keep: torch.Tensor, cond: torch.Tensor) -> torch.Tensor:
+    """Image tokens (already projected to width D) and the prompt's words through ``net.blocks``
+    as one sequence; returns the image tokens."""
+    img = img + net.img_pos
+    txt = net.word_emb(words) + net.word_pos[: words.shape[1]]
+    seq = torch.cat([txt, img], dim=1)
+    keep = torch.cat([word_keep, torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)], dim=1)
+    for blk in net.blocks:
+        seq = blk(seq, cond, keep)
+    return seq[:, words.shape[1] :]
+
+
 class ShapesDiT(nn.Module):
     """Velocity ``v(x_t, t, words)`` on ``[B, 48, 16, 16]`` latents (see the module docstring).
 
@@ -184,25 +230,97 @@ class ShapesDiT(nn.Module):
             nn.init.zeros_(lin.bias)
 
     def forward(self, x: torch.Tensor, t: torch.Tensor, words: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
-        cfg, p = self.cfg, self.cfg.patch
+        p = self.cfg.patch
         b, ch, hh, ww = x.shape
-        img = x.reshape(b, ch, hh // p, p, ww // p, p).permute(0, 2, 4, 1, 3, 5).reshape(b, (hh // p) * (ww // p), ch * p * p)
-        img = self.patch_in(img) + self.img_pos
-        txt = self.word_emb(words) + self.word_pos[: words.shape[1]]
-        word_keep = words != pad_id
-        pooled = (self.word_emb(words) * word_keep[..., None]).sum(1) / word_keep.sum(1, keepdim=True).clamp(min=1)
-        cond = self.t_mlp(_timestep_features(t, cfg.width)) + self.text_mlp(pooled)
-        seq = torch.cat([txt, img], dim=1)
-        keep = torch.cat([word_keep, torch.ones(b, img.shape[1], dtype=torch.bool, device=x.device)], dim=1)
-        for blk in self.blocks:
-            seq = blk(seq, cond, keep)
+        cond, word_keep = _condition(self, t, words, pad_id)
+        img = _joint_attention(self, self.patch_in(_patchify(x, p)), words, word_keep, cond)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
-        out = self.patch_out(_modulate(self.norm_out(seq[:, words.shape[1] :]), shift, scale))
-        out = out.reshape(b, hh // p, ww // p, ch, p, p).permute(0, 3, 1, 4, 2, 5)
-        x0_hat = out.reshape(b, ch, hh, ww)
+        x0_hat = _unpatchify(self.patch_out(_modulate(self.norm_out(img), shift, scale)), p, ch, hh, ww)
         # x-prediction: a token (width D) cannot carry the 192 noise values of its patch, but a
         # clean flat-colour patch lies on a low-dimensional set; v = (x_t - x0) / t
         return (x - x0_hat) / t.clamp(min=self.cfg.min_t)[:, None, None, None]
+
+
+class _ResBlock(nn.Module):
+    """GroupNorm-SiLU-conv twice, the second modulated by the conditioning vector; residual."""
+
+    def __init__(self, c_in: int, c_out: int, cond: int) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(min(8, c_in), c_in)
+        self.conv1 = nn.Conv2d(c_in, c_out, 3, padding=1)
+        self.norm2 = nn.GroupNorm(min(8, c_out), c_out)
+        self.film = nn.Linear(cond, 2 * c_out)
+        self.conv2 = nn.Conv2d(c_out, c_out, 3, padding=1)
+        self.skip = nn.Conv2d(c_in, c_out, 1) if c_in != c_out else nn.Identity()
+        nn.init.zeros_(self.conv2.weight)
+        nn.init.zeros_(self.conv2.bias)
+
+    def forward(self, x: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+        h = self.conv1(F.silu(self.norm1(x)))
+        scale, shift = self.film(c)[:, :, None, None].chunk(2, dim=1)
+        h = F.silu(self.norm2(h) * (1 + scale) + shift)
+        return self.skip(x) + self.conv2(h)
+
+
+class ShapesUDiT(nn.Module):
+    """Velocity ``v(x_t, t, words)`` on ``[B, 48, 16, 16]`` latents: a convolutional encoder
+    (64 -> 32 -> 16 px, :attr:`ShapesNetConfig.conv_channels`), the joint-attention transformer
+    on 2 x 2 patches of its 16 px map (8 x 8 tokens next to the prompt's words), and a
+    convolutional decoder with skip connections back to 64 px (a U-Net whose middle is a DiT).
+
+    The transformer decides the layout (which object goes where, bound to which words); the
+    convolutions draw edges at pixel level and carry the noise through, so it predicts the
+    velocity directly, the loss SPEC 2.5 trains, with every time weighted alike.
+    """
+
+    def __init__(self, cfg: ShapesNetConfig, vocab_size: int) -> None:
+        super().__init__()
+        self.cfg = cfg
+        d, p, chans = cfg.width, cfg.patch, cfg.conv_channels
+        n_img = (cfg.latent_side // p) ** 2
+        self.word_emb = nn.Embedding(vocab_size, d)
+        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.text_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
+        self.stem = nn.Conv2d(3, chans[0], 3, padding=1)
+        self.down = nn.ModuleList(_ResBlock(c, c, d) for c in chans)
+        self.downsample = nn.ModuleList(nn.Conv2d(a, b, 3, stride=2, padding=1) for a, b in zip(chans[:-1], chans[1:]))
+        self.patch_in = nn.Linear(chans[-1] * p * p, d)
+        self.img_pos = nn.Parameter(torch.randn(n_img, d) * 0.02)
+        self.blocks = nn.ModuleList(Block(d, cfg.heads) for _ in range(cfg.depth))
+        self.norm_mid = nn.LayerNorm(d, elementwise_affine=False, eps=1e-6)
+        self.patch_out = nn.Linear(d, chans[-1] * p * p)
+        self.up = nn.ModuleList(_ResBlock(2 * c, c, d) for c in reversed(chans))
+        self.upsample = nn.ModuleList(nn.Conv2d(b, a, 3, padding=1) for a, b in zip(reversed(chans[:-1]), reversed(chans[1:])))
+        self.norm_out = nn.GroupNorm(min(8, chans[0]), chans[0])
+        self.out = nn.Conv2d(chans[0], 3, 3, padding=1)
+        nn.init.zeros_(self.out.weight)
+        nn.init.zeros_(self.out.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor, words: torch.Tensor, pad_id: int = 0) -> torch.Tensor:
+        cfg, p = self.cfg, self.cfg.patch
+        cond, word_keep = _condition(self, t, words, pad_id)
+        h = self.stem(F.pixel_shuffle(x, cfg.unshuffle))
+        skips = []
+        for i, blk in enumerate(self.down):
+            h = blk(h, cond)
+            skips.append(h)
+            if i < len(self.downsample):
+                h = self.downsample[i](h)
+        _, ch, hh, ww = h.shape
+        img = _joint_attention(self, self.patch_in(_patchify(h, p)), words, word_keep, cond)
+        h = _unpatchify(self.patch_out(self.norm_mid(img)), p, ch, hh, ww)
+        for i, blk in enumerate(self.up):
+            h = blk(torch.cat([h, skips.pop()], dim=1), cond)
+            if i < len(self.upsample):
+                h = self.upsample[i](F.interpolate(h, scale_factor=2.0, mode="nearest"))
+        v = self.out(F.silu(self.norm_out(h)))
+        return F.pixel_unshuffle(v, cfg.unshuffle)
+
+
+def build_generator_net(cfg: ShapesNetConfig, vocab_size: int) -> nn.Module:
+    """The generator network ``cfg.arch`` names."""
+    return ShapesUDiT(cfg, vocab_size) if cfg.arch == "udit" else ShapesDiT(cfg, vocab_size)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -232,7 +350,8 @@ JUDGE_WEIGHTS = "understanding.safetensors"
 
 def _load_meta(root: Path) -> tuple[ShapesNetConfig, WordTokenizer, dict]:
     meta = json.loads((root / META_FILE).read_text())
-    cfg = ShapesNetConfig(**meta["net"])
+    # checkpoints written before ``arch`` existed hold the plain patch transformer
+    cfg = ShapesNetConfig(**{"arch": "dit", **meta["net"]})
     return cfg, WordTokenizer(meta["vocab"][3:], cfg.max_words), meta
 
 
@@ -260,7 +379,7 @@ class ShapesGenerator(GenerationModel):
         self.tokenizer = tokenizer or WordTokenizer(max_length=cfg.max_words)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = ShapesDiT(cfg, len(self.tokenizer.vocab))
+            self.net = build_generator_net(cfg, len(self.tokenizer.vocab))
         self.net.to(self.device, dtype)
 
     @property

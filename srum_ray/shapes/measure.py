@@ -127,6 +127,15 @@ def format_gap_table(res: dict) -> str:
     return "\n".join(lines)
 
 
+def _generator_words(net: dict) -> str:
+    if net.get("arch", "dit") == "udit":
+        return (f"flow-matching transformer (width {net['width']}, depth {net['depth']}, prompt words under "
+                f"joint attention, adaLN-zero) between a convolutional encoder and decoder (channels "
+                f"{', '.join(map(str, net['conv_channels']))} at 64 / 32 / 16 px, skip connections), velocity prediction")
+    return (f"flow-matching DiT (width {net['width']}, depth {net['depth']}, 2 x 2 latent patches, prompt words "
+            "under joint attention, adaLN-zero), x-prediction")
+
+
 def write_model_card(root: str | Path, card: dict) -> Path:
     root = Path(root)
     g, u, m = card.get("generator", {}), card.get("understanding", {}), card.get("measured", {})
@@ -139,16 +148,14 @@ torch {card.get('torch')}; weights: {size_mb:.1f} MB of float32 safetensors. Rep
 is deterministic for a given torch build and thread count; the two parts can run at once):
 
 ```bash
-python -m srum_ray.shapes.train_umm --only generator --threads {g.get('threads')} --gen-steps {g.get('steps')} --out weights/shapes-umm
+{g.get('reproduce') or f"python -m srum_ray.shapes.train_umm --only generator --threads {g.get('threads')} --gen-steps {g.get('steps')} --out weights/shapes-umm"}
 python -m srum_ray.shapes.train_umm --only understanding --threads {u.get('threads')} --judge-steps {u.get('steps')} --out weights/shapes-umm
 python -m srum_ray.shapes.train_umm --only measure --out weights/shapes-umm     # this card
 ```
 
 ## What it is
-- **Generator**: flow-matching DiT, width {card['net']['width']}, depth {card['net']['depth']},
-  {g.get('params', 0) / 1e6:.2f} M parameters, on 64 px images as 48 x 16 x 16 latents
-  (space-to-depth, no VAE), prompt words under joint attention, adaLN-zero, x-prediction
-  (srum_ray/models/shapes_umm.py).
+- **Generator**: {_generator_words(card['net'])}, {g.get('params', 0) / 1e6:.2f} M parameters, on
+  64 px images as 48 x 16 x 16 latents (space-to-depth, no VAE) (srum_ray/models/shapes_umm.py).
 - **Understanding**: a perception network (image + region mask -> colour / shape / size /
   texture of the region's object, {u.get('params', 0) / 1e6:.2f} M parameters), the prompt read
   by the shapes grammar's parser, and probabilistic reasoning over what it sees (region score:
@@ -170,12 +177,10 @@ wrong in one attribute, sometimes with a distractor, blurred and noised.
 | generator | {g.get('steps')} | {g.get('batch')} | {g.get('lr')} | {g.get('threads')} | {g.get('seconds', 0) / 60:.1f} min | {g.get('final_loss', float('nan')):.4f} |
 | understanding | {u.get('steps')} | {u.get('batch')} | {u.get('lr')} | {u.get('threads')} | {u.get('seconds', 0) / 60:.1f} min | {u.get('final_loss', float('nan')):.4f} |
 
-Wall times were taken while other jobs shared the two cores. The generator is stopped early,
-as a base model: it draws the asked colours and rough, patchy shapes (8 px blocks), with
-{100 * single.get('overall', float('nan')):.1f}% of {single.get('n', 0)} single-object captions fully right and
-weaker binding of several objects, sizes, counts and relations (below). It is weaker than the
-issue's "good at single objects" asks: a longer-trained or convolutional-head generator is the
-next step (docs/ARCHITECTURE.md).
+Wall times were taken while other jobs shared the two cores. {g.get('note', '')}
+The generator is stopped early, as a base model: {100 * single.get('overall', float('nan')):.1f}% of
+{single.get('n', 0)} single-object captions fully right, weaker binding of several objects, sizes,
+counts and relations (below).
 
 ## Accuracies (test split, {sum(m.get('n_prompts', {}).values())} prompts, exact evaluator)
 Sampling: {m.get('sampling')}. Generation accuracy = share of prompts whose image satisfies every

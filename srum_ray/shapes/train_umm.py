@@ -198,13 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gen-steps", type=int, default=2400)
     ap.add_argument("--gen-batch", type=int, default=64)
-    ap.add_argument("--gen-lr", type=float, default=6e-4)
+    ap.add_argument("--gen-lr", type=float, default=5e-4)
     ap.add_argument("--judge-steps", type=int, default=400)
     ap.add_argument("--judge-batch", type=int, default=128)
     ap.add_argument("--judge-lr", type=float, default=5e-4)
-    ap.add_argument("--single-share", type=float, default=0.3, help="share of single-object captions in the data")
+    ap.add_argument("--single-share", type=float, default=0.4, help="share of single-object captions in the data")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
+    ap.add_argument("--gen-init", default=None,
+                    help="continue training from this generator.safetensors (e.g. a snapshot) instead of from scratch")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the generator's EMA every N steps under <out>/snapshots/")
     ap.add_argument("--only", choices=("both", "generator", "understanding", "measure"), default="both",
                     help="train one part (the other part's card entry is kept), or only measure and write the card")
@@ -240,6 +242,11 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.only in ("both", "generator"):
         gen = ShapesGenerator(cfg, BASE_GENERATION, seed=args.seed)
+        if args.gen_init:
+            from safetensors.torch import load_file
+
+            gen.net.load_state_dict(load_file(args.gen_init))
+            log(f"generator starts from {args.gen_init}")
 
         def snapshot(step: int, ema: torch.nn.Module) -> None:
             from safetensors.torch import save_file

@@ -14,7 +14,7 @@ from srum_ray.shapes import results as results_mod
 from srum_ray.shapes.demo import arm_overrides, run_demo, subsample
 from srum_ray.shapes.splits import load_split_prompts
 
-SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2)
+SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2, conv_channels=(4, 8, 8))
 
 
 @pytest.fixture(scope="module")

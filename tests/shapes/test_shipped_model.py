@@ -46,5 +46,5 @@ def test_base_generator_draws_single_objects_better_than_compositions(model):
     multi = [p.spec for p in subsample(load_split_prompts(ROOT / "configs/prompts/shapes/val.jsonl"), 40)]
     single_acc = generation_report(model.generator, singles, seed=1)[0].overall
     multi_acc = generation_report(model.generator, multi, seed=1)[0].overall
-    # a base model: it draws something right, and compositions are harder for it
-    assert single_acc > 0.1 and multi_acc < single_acc
+    # a base model as the issue asks: good at single objects, weaker at compositions
+    assert single_acc >= 0.5 and multi_acc < single_acc / 2

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import random
 
 import numpy as np
@@ -28,7 +30,7 @@ from srum_ray.shapes.splits import make_splits
 from srum_ray.shapes.train_umm import Corpus, region_examples, single_object_prompt, train_generator, train_understanding
 from srum_ray.types import MISSING, PARSED, Box
 
-SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2)
+SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2, conv_channels=(4, 8, 8))
 GEN = GenerationConfig(num_inference_steps=3, guidance_scale=2.0, shift=2.0, batch_size=3)
 
 
@@ -77,6 +79,36 @@ def test_generation_is_per_sample_deterministic_and_batch_independent(checkpoint
     assert out.cond["words"].dtype == torch.long and out.cond["words"].shape[0] == 4
     v = gen.predict_velocity(out.latents, torch.full((4,), 0.5), out.cond)
     assert v.shape == out.latents.shape and v.requires_grad
+
+
+@pytest.mark.parametrize("arch", ["dit", "udit"])
+def test_both_generator_networks_round_trip_through_a_checkpoint(tmp_path, arch):
+    cfg = dataclasses.replace(SMALL, arch=arch)
+    gen = ShapesGenerator(cfg, GEN, seed=3)
+    x = torch.randn(2, *gen.latent_shape)
+    cond = gen.encode_prompts(["a red circle", "two stars"])
+    v = gen.predict_velocity(x, torch.tensor([0.3, 0.9]), cond)
+    assert v.shape == x.shape and torch.isfinite(v).all()
+    gen.save_pretrained(tmp_path)
+    back = ShapesGenerator.from_pretrained(tmp_path, GEN)
+    assert back.cfg.arch == arch
+    assert torch.equal(back.predict_velocity(x, torch.tensor([0.3, 0.9]), cond), v)
+
+
+def test_network_sizes_are_checked():
+    with pytest.raises(ValueError, match="arch must be"):
+        ShapesNetConfig(arch="unet")
+    with pytest.raises(ValueError, match="halve it 1 times, but unshuffle is 4"):
+        ShapesNetConfig(conv_channels=(8, 16))
+
+
+def test_checkpoints_from_before_the_arch_field_load_as_the_patch_transformer(tmp_path):
+    gen = ShapesGenerator(dataclasses.replace(SMALL, arch="dit"), GEN, seed=4)
+    gen.save_pretrained(tmp_path)
+    meta = json.loads((tmp_path / "shapes_umm.json").read_text())
+    del meta["net"]["arch"], meta["net"]["conv_channels"]
+    (tmp_path / "shapes_umm.json").write_text(json.dumps(meta))
+    assert ShapesGenerator.from_pretrained(tmp_path, GEN).cfg.arch == "dit"
 
 
 def test_backend_checkpoint_check_names_missing_files(tmp_path, checkpoint):
