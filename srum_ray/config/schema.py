@@ -204,6 +204,10 @@ class TrainConfig:
     #: timestep shift used when sampling training times
     timestep_shift: float = rng(4.0, gt=0.0)
     timestep_sampling: str = choice("uniform", "uniform", "logit_normal")
+    #: share of rows trained with the unconditional (null) prompt, so the branch classifier-free
+    #: guidance subtracts follows the conditional one and guidance cannot compound over rounds
+    #: (0: off, SPEC's loss as written); needs a generator with ``null_condition``
+    cond_dropout: float = rng(0.0, ge=0.0, le=1.0)
 
 
 @dataclass

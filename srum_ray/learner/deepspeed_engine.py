@@ -29,7 +29,9 @@ from safetensors.torch import save_file
 from srum_ray import distributed
 from srum_ray.config.schema import TrainConfig
 from srum_ray.learner.ds_config import build_deepspeed_config
-from srum_ray.learner.engine import Engine, build_adamw, warmup_factor
+from srum_ray.learner.engine import (
+    Engine, build_adamw, check_cond_dropout, draw_drops, drop_conditions, warmup_factor,
+)
 from srum_ray.losses import noisy_latents, sample_timesteps, srum_flow_loss, velocity_target
 from srum_ray.models.base import GenerationModel
 from srum_ray.types import RolloutBatch
@@ -74,6 +76,7 @@ class DeepSpeedEngine(Engine):
     def __init__(
         self, generator: GenerationModel, cfg: TrainConfig, seed: int = 0, *, dtype: str = "float32"
     ) -> None:
+        check_cond_dropout(generator, cfg)
         self.generator = generator
         self.cfg = cfg
         self.seed = seed
@@ -104,16 +107,21 @@ class DeepSpeedEngine(Engine):
         self.global_step = 0
 
     # ------------------------------------------------------------------ training
-    def _noise(self, rows_here: int, latent_shape: tuple[int, ...]) -> tuple[torch.Tensor, torch.Tensor]:
-        """This rank's ``eps [n, C, h, w]`` and ``t [n]`` out of the global batch's draws."""
+    def _noise(
+        self, rows_here: int, latent_shape: tuple[int, ...]
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """This rank's ``eps [n, C, h, w]``, ``t [n]`` and unconditional rows (``[n]`` bool or
+        None, ``train.cond_dropout``) out of the global batch's draws."""
         total = rows_here * self.world_size
         gen = torch.Generator().manual_seed(self.seed * 1_000_003 + self.global_step)
         eps = torch.randn((total, *latent_shape), generator=gen)
         t = sample_timesteps(
             total, self.cfg.timestep_shift, mode=self.cfg.timestep_sampling, generator=gen
         )
+        drop = draw_drops(total, self.cfg.cond_dropout, gen)
         lo = self.rank * rows_here
-        return eps[lo : lo + rows_here], t[lo : lo + rows_here]
+        mine = slice(lo, lo + rows_here)
+        return eps[mine], t[mine], None if drop is None else drop[mine]
 
     def train_batch(self, batch: RolloutBatch, lambda_c: float) -> dict[str, float]:
         """One optimizer step on this rank's rows (``grad_accum_steps`` micro-batches).
@@ -138,7 +146,8 @@ class DeepSpeedEngine(Engine):
             )
         self.ds.train()
         x0_all = batch.latents.float()
-        eps_all, t_all = self._noise(n, tuple(x0_all.shape[1:]))
+        eps_all, t_all, drop = self._noise(n, tuple(x0_all.shape[1:]))
+        cond_all = drop_conditions(self.generator, batch.cond, drop)
         dev = self.device
         micro = n // accum
         sums = torch.zeros(3, dtype=torch.float64)
@@ -146,7 +155,7 @@ class DeepSpeedEngine(Engine):
         for k in range(accum):
             rows = slice(k * micro, (k + 1) * micro)
             x0, eps, t = x0_all[rows].to(dev), eps_all[rows].to(dev), t_all[rows].to(dev)
-            cond = {key: v[rows].to(dev) for key, v in batch.cond.items()}
+            cond = {key: v[rows].to(dev) for key, v in cond_all.items()}
             v_pred = self.ds(noisy_latents(x0, eps, t), t, cond).float()
             loss = srum_flow_loss(
                 v_pred, velocity_target(x0, eps), batch.weights[rows].to(dev).float(), lambda_c

@@ -58,6 +58,30 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
+def check_cond_dropout(generator: GenerationModel, cfg: TrainConfig) -> None:
+    """``train.cond_dropout`` needs a generator that knows its unconditional prompt."""
+    if cfg.cond_dropout > 0 and not generator.supports_null_condition:
+        raise ValueError(
+            f"train.cond_dropout is {cfg.cond_dropout}, but {type(generator).__name__} has no "
+            "unconditional prompt to drop to; set train.cond_dropout: 0"
+        )
+
+
+def drop_conditions(
+    generator: GenerationModel, cond: dict[str, torch.Tensor], drop: torch.Tensor | None
+) -> dict[str, torch.Tensor]:
+    """``cond`` with the rows where ``drop`` is true set to the unconditional prompt."""
+    if drop is None or not bool(drop.any()):
+        return cond
+    return generator.null_condition(cond, drop)
+
+
+def draw_drops(rows: int, p: float, gen: torch.Generator) -> torch.Tensor | None:
+    """Which of ``rows`` rows train unconditionally (share ``p``), drawn after the noise and times
+    from the same generator, so a resumed run redraws them; None when ``p`` is 0."""
+    return torch.rand(rows, generator=gen) < p if p > 0 else None
+
+
 def build_adamw(params: list[torch.nn.Parameter], cfg: TrainConfig) -> torch.optim.AdamW:
     """The learner's AdamW (SPEC betas / eps / weight decay), fused where torch has the kernel.
 
@@ -87,6 +111,7 @@ class TorchEngine(Engine):
         self.generator = generator
         self.cfg = cfg
         self.seed = seed
+        check_cond_dropout(generator, cfg)
         self.module = generator.trainable_module()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
         if not self.params:
@@ -113,11 +138,12 @@ class TorchEngine(Engine):
         t = sample_timesteps(
             x0.shape[0], self.cfg.timestep_shift, mode=self.cfg.timestep_sampling, generator=gen
         )
+        drop = draw_drops(x0.shape[0], self.cfg.cond_dropout, gen)
         dev = self.device
         x0, eps, t = x0.to(dev), eps.to(dev), t.to(dev)
         x_t = noisy_latents(x0, eps, t)
         target = velocity_target(x0, eps)
-        cond = {k: v.to(dev) for k, v in batch.cond.items()}
+        cond = {k: v.to(dev) for k, v in drop_conditions(self.generator, batch.cond, drop).items()}
         v_pred = self.generator.predict_velocity(x_t, t, cond).float()
         loss = srum_flow_loss(v_pred, target, batch.weights.to(dev).float(), lambda_c)
         self.optimizer.zero_grad(set_to_none=True)

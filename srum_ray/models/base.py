@@ -148,6 +148,14 @@ class GenerationModel(abc.ABC):
     def trainable_module(self) -> torch.nn.Module:
         """The module the learner optimizes (everything else stays frozen)."""
 
+    #: whether :meth:`null_condition` is implemented (``train.cond_dropout`` needs it)
+    supports_null_condition: bool = False
+
+    def null_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``cond`` with the rows where ``drop [B]`` is true replaced by the unconditional
+        prompt's conditioning (what classifier-free guidance subtracts)."""
+        raise NotImplementedError(f"{type(self).__name__} has no unconditional prompt for train.cond_dropout")
+
     def load_trainable_state(self, state: dict[str, torch.Tensor], version: int) -> None:
         """Load refreshed trainable weights pushed by the learner and record their version."""
         self.trainable_module().load_state_dict(state)

@@ -402,6 +402,13 @@ class ShapesGenerator(GenerationModel):
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
         return pixels_to_images(F.pixel_shuffle(latents.float().cpu(), self.cfg.unshuffle))
 
+    supports_null_condition = True
+
+    def null_condition(self, cond: dict[str, torch.Tensor], drop: torch.Tensor) -> dict[str, torch.Tensor]:
+        words = cond["words"].clone()
+        words[drop.to(words.device)] = self.tokenizer([""]).to(words.device)
+        return {**cond, "words": words}
+
     def predict_velocity(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
         t = batch_times(t, x_t.shape[0], x_t.device)
         words = cond["words"].to(x_t.device)

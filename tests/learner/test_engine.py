@@ -89,3 +89,43 @@ def test_save_load_resumes_exactly(cfg, tmp_path):
         torch.testing.assert_close(gen_b.trainable_module().state_dict()[k], v, rtol=0, atol=0)
     with pytest.raises(FileNotFoundError, match="incomplete"):
         eng_b.load(tmp_path / "nothing")
+
+
+def test_cond_dropout_trains_the_unconditional_prompt(cfg):
+    import copy
+    import dataclasses
+
+    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
+
+    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
+    gen_cfg = dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0)
+    base = ShapesGenerator(small, gen_cfg, seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
+        for prm in base.net.parameters():
+            prm.normal_(0.0, 0.2)
+    batch = make_batch(base, n=6)
+    null = RolloutBatch(batch.records, latents=batch.latents, cond=base.null_condition(batch.cond, torch.ones(6, dtype=torch.bool)), weights=batch.weights)
+    assert (null.cond["words"] == base.tokenizer([""])).all()
+
+    def step(gen_cfg_train, b):
+        g = copy.deepcopy(base)
+        eng = TorchEngine(g, gen_cfg_train)
+        m = eng.train_batch(b, lambda_c=0.5)
+        return m["loss"], g.trainable_module().state_dict()
+
+    all_dropped = dataclasses.replace(cfg.train, cond_dropout=1.0)
+    loss_drop, w_drop = step(all_dropped, batch)
+    loss_null, w_null = step(cfg.train, null)   # the same noise: the draw for drops comes after it
+    loss_keep, _ = step(cfg.train, batch)
+    assert loss_drop == pytest.approx(loss_null, rel=1e-6)
+    assert all(torch.allclose(w_drop[k], w_null[k]) for k in w_drop)
+    assert loss_keep != pytest.approx(loss_drop, rel=1e-6)
+
+
+def test_cond_dropout_needs_an_unconditional_prompt(cfg):
+    import dataclasses
+
+    gen = TinyGenerator(cfg.model.tiny, cfg.generation)
+    with pytest.raises(ValueError, match="train.cond_dropout is 0.1, but TinyGenerator has no unconditional prompt"):
+        TorchEngine(gen, dataclasses.replace(cfg.train, cond_dropout=0.1))
