@@ -208,6 +208,11 @@ class TrainConfig:
     #: guidance subtracts follows the conditional one and guidance cannot compound over rounds
     #: (0: off, SPEC's loss as written); needs a generator with ``null_condition``
     cond_dropout: float = rng(0.0, ge=0.0, le=1.0)
+    #: what the constraint term L_ref pulls towards: ``sample`` (SPEC 2.5: the rollout's own
+    #: velocity target, i.e. plain flow matching on it) or ``base`` (the frozen base weights'
+    #: prediction at the same x_t, t and prompt: a KL-like anchor to the starting model;
+    #: torch engine only)
+    ref_anchor: str = choice("sample", "sample", "base")
 
 
 @dataclass

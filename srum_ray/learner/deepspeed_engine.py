@@ -30,29 +30,14 @@ from srum_ray import distributed
 from srum_ray.config.schema import TrainConfig
 from srum_ray.learner.ds_config import build_deepspeed_config
 from srum_ray.learner.engine import (
-    Engine, build_adamw, check_cond_dropout, draw_drops, drop_conditions, warmup_factor,
+    Engine, VelocityModule, build_adamw, check_cond_dropout, draw_drops, drop_conditions,
+    warmup_factor,
 )
 from srum_ray.losses import noisy_latents, sample_timesteps, srum_flow_loss, velocity_target
 from srum_ray.models.base import GenerationModel
 from srum_ray.types import RolloutBatch
 
 log = logging.getLogger(__name__)
-
-
-class _VelocityModule(torch.nn.Module):
-    """``forward(x_t, t, cond) = generator.predict_velocity(...)``; parameters: the trainable module.
-
-    The generator is kept outside the module registry (even if it is an ``nn.Module``
-    itself), so its frozen parts are never handed to DeepSpeed.
-    """
-
-    def __init__(self, generator: GenerationModel) -> None:
-        super().__init__()
-        self.trainable = generator.trainable_module()
-        self.__dict__["_generator"] = generator
-
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.__dict__["_generator"].predict_velocity(x_t, t, cond)
 
 
 class DeepSpeedEngine(Engine):
@@ -77,11 +62,16 @@ class DeepSpeedEngine(Engine):
         self, generator: GenerationModel, cfg: TrainConfig, seed: int = 0, *, dtype: str = "float32"
     ) -> None:
         check_cond_dropout(generator, cfg)
+        if cfg.ref_anchor != "sample":
+            raise ValueError(
+                f"train.ref_anchor: {cfg.ref_anchor} is supported by train.engine: torch only "
+                "(under ZeRO-3 the anchor's weights would need partitioning too); use ref_anchor: sample"
+            )
         self.generator = generator
         self.cfg = cfg
         self.seed = seed
         self.dtype = dtype
-        self.module = _VelocityModule(generator)
+        self.module = VelocityModule(generator)
         self.trainable = self.module.trainable
         params = [p for p in self.module.parameters() if p.requires_grad]
         if not params:

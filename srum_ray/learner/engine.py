@@ -58,6 +58,24 @@ def warmup_factor(step: int, warmup_steps: int) -> float:
 FUSED_ADAMW_DEVICES = ("cuda", "cpu")
 
 
+class VelocityModule(torch.nn.Module):
+    """``forward(x_t, t, cond) = generator.predict_velocity(...)``; parameters: the trainable module.
+
+    The generator is kept outside the module registry (even if it is an ``nn.Module``
+    itself), so its frozen parts are never handed to DeepSpeed; ``torch.func.functional_call``
+    on it runs the generator with other trainable weights (the frozen anchor of
+    ``train.ref_anchor: base``).
+    """
+
+    def __init__(self, generator: GenerationModel) -> None:
+        super().__init__()
+        self.trainable = generator.trainable_module()
+        self.__dict__["_generator"] = generator
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.__dict__["_generator"].predict_velocity(x_t, t, cond)
+
+
 def check_cond_dropout(generator: GenerationModel, cfg: TrainConfig) -> None:
     """``train.cond_dropout`` needs a generator that knows its unconditional prompt."""
     if cfg.cond_dropout > 0 and not generator.supports_null_condition:
@@ -114,6 +132,12 @@ class TorchEngine(Engine):
         check_cond_dropout(generator, cfg)
         self.module = generator.trainable_module()
         self.params = [p for p in self.module.parameters() if p.requires_grad]
+        # ref_anchor "base": the weights the run starts from, frozen (swapped in by functional_call)
+        self.velocity = VelocityModule(generator)
+        self.anchor_state = (
+            {f"trainable.{k}": v.detach().clone() for k, v in self.module.state_dict().items()}
+            if cfg.ref_anchor == "base" else None
+        )
         if not self.params:
             raise ValueError("the generator's trainable module has no trainable parameters")
         device = self.params[0].device
@@ -145,7 +169,12 @@ class TorchEngine(Engine):
         target = velocity_target(x0, eps)
         cond = {k: v.to(dev) for k, v in drop_conditions(self.generator, batch.cond, drop).items()}
         v_pred = self.generator.predict_velocity(x_t, t, cond).float()
-        loss = srum_flow_loss(v_pred, target, batch.weights.to(dev).float(), lambda_c)
+        anchor = {}
+        if self.anchor_state is not None:
+            with torch.no_grad():
+                v_base = torch.func.functional_call(self.velocity, self.anchor_state, (x_t, t, cond)).float()
+            anchor = {"ref_pred": v_pred, "ref_target": v_base}
+        loss = srum_flow_loss(v_pred, target, batch.weights.to(dev).float(), lambda_c, **anchor)
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)

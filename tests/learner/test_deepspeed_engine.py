@@ -195,3 +195,12 @@ def test_distributed_helpers():
         distributed.set_dist_env("127.0.0.1", 1234, 2, 2)
     port = distributed.free_port()
     assert 0 < port < 65536
+
+
+def test_base_anchor_is_refused_before_deepspeed_starts():
+    import dataclasses
+
+    cfg = load_config("configs/tiny.yaml", ["train.engine=deepspeed"])
+    gen = TinyGenerator(cfg.model.tiny, cfg.generation)
+    with pytest.raises(ValueError, match="train.ref_anchor: base is supported by train.engine: torch only"):
+        DeepSpeedEngine(gen, dataclasses.replace(cfg.train, ref_anchor="base"))
