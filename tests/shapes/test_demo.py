@@ -81,3 +81,23 @@ def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
     mtime = (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime
     assert results_mod.main(argv) == 0
     assert (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime == mtime
+
+
+def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("shapes_scan", "scripts/shapes_scan.py")
+    scan = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(scan)
+    common = ["--seed", "3", "--test-prompts", "8", "--out", str(tmp_path / "scan")]
+    base = scan.main(["--name", "b", "--arm", "base", "--eval-guidance", "1.0", *common, *tiny_overrides(checkpoint)])
+    arm = scan.main(["--name", "s", *common, *tiny_overrides(checkpoint)])
+    lines = [json.loads(x) for x in (tmp_path / "scan" / "scan.jsonl").read_text().splitlines()]
+    assert [x["name"] for x in lines] == ["b", "s"]
+    assert base["run_dir"] is None and base["global_score_per_round"] == []
+    # --eval-guidance overrides the scoring only; without it the config's (3.0 in shapes.yaml)
+    assert base["eval_guidance"] == 1.0 and arm["eval_guidance"] == 3.0
+    assert arm["n_test"] == 8 and 0.0 <= arm["accuracy"]["overall"] <= 100.0
+    # the arm really ran its two rounds and left its weights
+    assert len(arm["global_score_per_round"]) == 2
+    assert (tmp_path / "scan" / "s").is_dir()

@@ -1,0 +1,92 @@
+"""One shapes-world arm, scored on the test prompts: the tool behind the hyperparameter scan in
+docs/RESULTS.md ("Hyperparameter scan").
+
+    .venv/bin/python scripts/shapes_scan.py --name NAME [--arm srum] [--seed 0]
+        [--test-prompts 600] [--eval-guidance 3.0] [--out runs/scan] [key.path=value ...]
+
+Runs the arm (``srum``, ``sft``, an ablation name, or ``base`` for no training) with
+``configs/shapes.yaml`` plus the overrides in the single-process runtime (the same rounds as the
+Ray runtime, bit for bit, without actor start-up), then scores the last round's weights with the
+exact evaluator: one image per test prompt, the same seeds as ``srum-ray demo --seed SEED``.
+``--eval-guidance`` scores at a guidance scale other than the rollouts' (the rollouts use
+``generation.guidance_scale``). Appends one JSON line per run to ``OUT/scan.jsonl`` and prints it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from srum_ray.config.load import load_config  # noqa: E402
+from srum_ray.shapes.demo import (  # noqa: E402
+    PROMPT_DIR,
+    Evaluator,
+    arm_overrides,
+    checkpoint_state,
+    run_arm,
+    subsample,
+)
+from srum_ray.shapes.splits import load_split_prompts  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> dict:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--name", required=True, help="label of this run in scan.jsonl")
+    ap.add_argument("--arm", default="srum", help="srum, sft, an ablation name, or base (no training)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--config", default="configs/shapes.yaml")
+    ap.add_argument("--test-prompts", type=int, default=600)
+    ap.add_argument("--eval-guidance", type=float, default=None,
+                    help="guidance scale of the scoring (default: generation.guidance_scale)")
+    ap.add_argument("--out", default="runs/scan")
+    ap.add_argument("overrides", nargs="*")
+    args = ap.parse_args(argv)
+
+    out = Path(args.out)
+    train_arm = "srum" if args.arm == "base" else args.arm
+    overrides = ["runtime.mode=local", *args.overrides, *arm_overrides(train_arm, args.seed, out / args.name)]
+    cfg = load_config(args.config, overrides)
+    eval_overrides = list(overrides)
+    if args.eval_guidance is not None:
+        eval_overrides.append(f"generation.guidance_scale={args.eval_guidance}")
+    eval_cfg = load_config(args.config, eval_overrides)
+
+    if cfg.run.cpu_threads > 0:
+        import torch
+
+        torch.set_num_threads(cfg.run.cpu_threads)
+    t0 = time.perf_counter()
+    run_dir = None if args.arm == "base" else run_arm(cfg)
+    t1 = time.perf_counter()
+    test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), args.test_prompts)
+    ev = Evaluator(eval_cfg, args.seed)
+    ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
+    acc, _ = ev.score(test)
+    t2 = time.perf_counter()
+
+    globals_ = []
+    if run_dir is not None:
+        with open(run_dir / "metrics.jsonl") as f:
+            rows = [json.loads(line) for line in f]
+        globals_ = [round(r["global_score_mean"], 3) for r in rows if "global_score_mean" in r]
+    line = {
+        "name": args.name, "arm": args.arm, "seed": args.seed, "overrides": args.overrides,
+        "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
+        "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
+        "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),
+        "train_s": round(t1 - t0), "eval_s": round(t2 - t1),
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    with open(out / "scan.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
+    print(json.dumps(line))
+    return line
+
+
+if __name__ == "__main__":
+    main()
