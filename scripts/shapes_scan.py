@@ -2,14 +2,17 @@
 docs/RESULTS.md ("Hyperparameter scan").
 
     .venv/bin/python scripts/shapes_scan.py --name NAME [--arm srum] [--seed 0]
-        [--test-prompts 600] [--eval-guidance 3.0] [--out runs/scan] [key.path=value ...]
+        [--test-prompts 600] [--eval-guidance 3.0] [--oracle binary|filter] [--out runs/scan]
+        [key.path=value ...]
 
 Runs the arm (``srum``, ``sft``, an ablation name, or ``base`` for no training) with
 ``configs/shapes.yaml`` plus the overrides in the single-process runtime (the same rounds as the
 Ray runtime, bit for bit, without actor start-up), then scores the last round's weights with the
 exact evaluator: one image per test prompt, the same seeds as ``srum-ray demo --seed SEED``.
 ``--eval-guidance`` scores at a guidance scale other than the rollouts' (the rollouts use
-``generation.guidance_scale``). Appends one JSON line per run to ``OUT/scan.jsonl`` and prints it.
+``generation.guidance_scale``). ``--oracle`` trains on the exact evaluator's verdict instead of
+the judge's reward (``srum_ray.shapes.oracle``: a judge that is never wrong). Appends one JSON
+line per run to ``OUT/scan.jsonl`` and prints it.
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ from srum_ray.shapes.demo import (  # noqa: E402
     run_arm,
     subsample,
 )
+from srum_ray.shapes.oracle import ORACLE_MODES, oracle_reward  # noqa: E402
 from srum_ray.shapes.splits import load_split_prompts  # noqa: E402
 
 
@@ -43,6 +47,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--test-prompts", type=int, default=600)
     ap.add_argument("--eval-guidance", type=float, default=None,
                     help="guidance scale of the scoring (default: generation.guidance_scale)")
+    ap.add_argument("--oracle", choices=ORACLE_MODES, default=None,
+                    help="loss weights from the exact evaluator instead of the judge (diagnostic)")
     ap.add_argument("--out", default="runs/scan")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
@@ -61,7 +67,10 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(cfg.run.cpu_threads)
     t0 = time.perf_counter()
-    run_dir = None if args.arm == "base" else run_arm(cfg)
+    if args.oracle and args.arm == "base":
+        ap.error("--oracle needs an arm that trains, not base")
+    reward_fn = oracle_reward(args.oracle) if args.oracle else None
+    run_dir = None if args.arm == "base" else run_arm(cfg, reward_fn)
     t1 = time.perf_counter()
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), args.test_prompts)
     ev = Evaluator(eval_cfg, args.seed)
@@ -75,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
             rows = [json.loads(line) for line in f]
         globals_ = [round(r["global_score_mean"], 3) for r in rows if "global_score_mean" in r]
     line = {
-        "name": args.name, "arm": args.arm, "seed": args.seed, "overrides": args.overrides,
+        "name": args.name, "arm": args.arm, "oracle": args.oracle, "seed": args.seed, "overrides": args.overrides,
         "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
         "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
         "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),

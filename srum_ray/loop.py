@@ -32,7 +32,7 @@ from srum_ray.runtime.local import (  # noqa: F401 - re-exported for callers of 
     resolve_device,
 )
 from srum_ray.runtime.metrics import RunMetrics
-from srum_ray.stages import filter_counts, parse_counts, reward_stage
+from srum_ray.stages import RewardFn, filter_counts, parse_counts, reward_stage
 from srum_ray.types import RolloutBatch
 from srum_ray.viz import contact_sheet, overlay_picture
 
@@ -109,6 +109,9 @@ class RoundLoop:
         run_dir: where the run is written (new, or opened for resume).
         runtime: where the roles run (default: built from ``cfg.runtime.mode``).
         roles: shorthand for a :class:`LocalRuntime` over already built roles.
+        reward_fn: turns a judged batch into loss weights and reward maps (default
+            :func:`srum_ray.stages.reward_stage`, SPEC 2.4; same signature). The shapes world's
+            oracle diagnostic (``srum_ray.shapes.oracle``) passes its own.
     """
 
     def __init__(
@@ -117,8 +120,10 @@ class RoundLoop:
         run_dir: RunDir,
         runtime: Runtime | None = None,
         roles: Roles | None = None,
+        reward_fn: RewardFn | None = None,
     ) -> None:
         self.cfg = cfg
+        self.reward_fn = reward_stage if reward_fn is None else reward_fn
         self.run_dir = run_dir
         self.prompts = load_prompts(cfg.data.prompts)
         if runtime is None:
@@ -190,7 +195,7 @@ class RoundLoop:
                 timings[k] = timings.get(k, 0.0) + v
                 self.metrics.observe_stage(k, v)
             t = time.perf_counter()
-            batch, maps, counts = reward_stage(batch, cfg.reward, cfg.judge)
+            batch, maps, counts = self.reward_fn(batch, cfg.reward, cfg.judge)
             for k, v in counts.items():
                 missing[k] = missing.get(k, 0) + v
             timings["reward"] += time.perf_counter() - t

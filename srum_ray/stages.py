@@ -8,7 +8,7 @@ same calls, so both paths share this code.
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -86,6 +86,11 @@ def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
     for rec, v in zip(batch.records, verdicts):
         v.apply_to(rec)
     return batch
+
+
+#: what :func:`reward_stage` is: (judged batch, reward config, judge config) -> (batch with
+#: ``weights`` set, R maps, missing-score counts); ``RoundLoop(reward_fn=...)`` takes any such
+RewardFn = Callable[[RolloutBatch, RewardConfig, JudgeConfig], tuple[RolloutBatch, list[np.ndarray], dict[str, int]]]
 
 
 def reward_stage(

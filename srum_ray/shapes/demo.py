@@ -26,7 +26,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
@@ -36,6 +36,9 @@ from srum_ray.config.schema import SrumConfig
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
 from srum_ray.shapes.evaluate import EvalReport, evaluate
 from srum_ray.shapes.splits import SplitPrompt, load_split_prompts
+
+if TYPE_CHECKING:
+    from srum_ray.stages import RewardFn
 
 log = logging.getLogger("srum_ray")
 
@@ -111,7 +114,8 @@ def checkpoint_state(run_dir: Path, r: int) -> dict:
     return load_file(path)
 
 
-def run_arm(cfg: SrumConfig) -> Path:
+def run_arm(cfg: SrumConfig, reward_fn: RewardFn | None = None) -> Path:
+    """Runs one arm's rounds; ``reward_fn`` replaces the reward stage (see :class:`RoundLoop`)."""
     from srum_ray.loop import RoundLoop, build_runtime
     from srum_ray.rundir import RunDir
 
@@ -119,7 +123,7 @@ def run_arm(cfg: SrumConfig) -> Path:
     try:
         run_dir = RunDir.create(cfg)
         log.info("demo arm %s: %s", cfg.run.name, run_dir.path)
-        RoundLoop(cfg, run_dir, runtime=runtime).run()
+        RoundLoop(cfg, run_dir, runtime=runtime, reward_fn=reward_fn).run()
     finally:
         runtime.shutdown()
     return run_dir.path

@@ -83,12 +83,17 @@ def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
     assert (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime == mtime
 
 
-def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
+def _scan_module():
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("shapes_scan", "scripts/shapes_scan.py")
     scan = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(scan)
+    return scan
+
+
+def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
+    scan = _scan_module()
     common = ["--seed", "3", "--test-prompts", "8", "--out", str(tmp_path / "scan")]
     base = scan.main(["--name", "b", "--arm", "base", "--eval-guidance", "1.0", *common, *tiny_overrides(checkpoint)])
     arm = scan.main(["--name", "s", *common, *tiny_overrides(checkpoint)])
@@ -101,3 +106,20 @@ def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
     # the arm really ran its two rounds and left its weights
     assert len(arm["global_score_per_round"]) == 2
     assert (tmp_path / "scan" / "s").is_dir()
+
+
+def test_scan_script_oracle_filter_drops_wrong_samples(checkpoint, tmp_path):
+    """Through scripts/shapes_scan.py and RoundLoop's reward_fn: the filter oracle drops every
+    sample the exact evaluator finds wrong, and says so in samples.jsonl."""
+    scan = _scan_module()
+    line = scan.main(["--name", "o", "--oracle", "filter", "--test-prompts", "4", "--out", str(tmp_path / "scan"),
+                      *tiny_overrides(checkpoint), "run.rounds=1"])
+    assert line["oracle"] == "filter"
+    samples = tmp_path / "scan" / "o"
+    recs = [json.loads(x) for p in samples.rglob("samples.jsonl") for x in p.read_text().splitlines()]
+    assert len(recs) == 6
+    for r in recs:
+        assert r["reward_stats"]["oracle_correct"] in (0.0, 1.0)
+        assert r["trained"] == (r["reward_stats"]["oracle_correct"] == 1.0)
+    with pytest.raises(SystemExit):
+        scan.main(["--name", "x", "--arm", "base", "--oracle", "binary", "--out", str(tmp_path / "scan")])
