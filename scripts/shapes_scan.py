@@ -2,8 +2,8 @@
 docs/RESULTS.md ("Hyperparameter scan").
 
     .venv/bin/python scripts/shapes_scan.py --name NAME [--arm srum] [--seed 0]
-        [--test-prompts 600] [--eval-guidance 3.0] [--oracle binary|filter] [--out runs/scan]
-        [key.path=value ...]
+        [--test-prompts 600] [--eval-guidance 3.0] [--oracle binary|filter]
+        [--generator FILE] [--out runs/scan] [key.path=value ...]
 
 Runs the arm (``srum``, ``sft``, an ablation name, or ``base`` for no training) with
 ``configs/shapes.yaml`` plus the overrides in the single-process runtime (the same rounds as the
@@ -12,7 +12,8 @@ exact evaluator: one image per test prompt, the same seeds as ``srum-ray demo --
 ``--eval-guidance`` scores at a guidance scale other than the rollouts' (the rollouts use
 ``generation.guidance_scale``). ``--oracle`` trains on the exact evaluator's verdict instead of
 the judge's reward (``srum_ray.shapes.oracle``: a judge that is never wrong). Appends one JSON
-line per run to ``OUT/scan.jsonl`` and prints it.
+line per run to ``OUT/scan.jsonl`` and prints it. ``--arm base --generator FILE`` scores other
+generator weights (e.g. ``train_umm --snapshot-every`` snapshots: the ground-truth curve).
 """
 
 from __future__ import annotations
@@ -49,9 +50,19 @@ def main(argv: list[str] | None = None) -> dict:
                     help="guidance scale of the scoring (default: generation.guidance_scale)")
     ap.add_argument("--oracle", choices=ORACLE_MODES, default=None,
                     help="loss weights from the exact evaluator instead of the judge (diagnostic)")
+    ap.add_argument("--generator", default=None,
+                    help="with --arm base: score these generator weights (a generator.safetensors, "
+                         "e.g. a train_umm snapshot) instead of the config's checkpoint")
     ap.add_argument("--out", default="runs/scan")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.oracle and args.arm == "base":
+        ap.error("--oracle needs an arm that trains, not base")
+    if args.generator is not None:
+        if args.arm != "base":
+            ap.error("--generator scores given weights: use it with --arm base")
+        if not Path(args.generator).is_file():
+            ap.error(f"--generator: no file at {args.generator}")
 
     out = Path(args.out)
     train_arm = "srum" if args.arm == "base" else args.arm
@@ -67,14 +78,17 @@ def main(argv: list[str] | None = None) -> dict:
 
         torch.set_num_threads(cfg.run.cpu_threads)
     t0 = time.perf_counter()
-    if args.oracle and args.arm == "base":
-        ap.error("--oracle needs an arm that trains, not base")
     reward_fn = oracle_reward(args.oracle) if args.oracle else None
     run_dir = None if args.arm == "base" else run_arm(cfg, reward_fn)
     t1 = time.perf_counter()
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), args.test_prompts)
     ev = Evaluator(eval_cfg, args.seed)
-    ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
+    if args.generator is not None:
+        from safetensors.torch import load_file
+
+        ev.load(load_file(args.generator))
+    else:
+        ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
     acc, _ = ev.score(test)
     t2 = time.perf_counter()
 
@@ -84,7 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
             rows = [json.loads(line) for line in f]
         globals_ = [round(r["global_score_mean"], 3) for r in rows if "global_score_mean" in r]
     line = {
-        "name": args.name, "arm": args.arm, "oracle": args.oracle, "seed": args.seed, "overrides": args.overrides,
+        "name": args.name, "arm": args.arm, "oracle": args.oracle, "generator": args.generator,
+        "seed": args.seed, "overrides": args.overrides,
         "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
         "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
         "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),

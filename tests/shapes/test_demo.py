@@ -123,3 +123,20 @@ def test_scan_script_oracle_filter_drops_wrong_samples(checkpoint, tmp_path):
         assert r["trained"] == (r["reward_stats"]["oracle_correct"] == 1.0)
     with pytest.raises(SystemExit):
         scan.main(["--name", "x", "--arm", "base", "--oracle", "binary", "--out", str(tmp_path / "scan")])
+
+
+def test_scan_script_scores_given_generator_weights(checkpoint, tmp_path):
+    """--arm base --generator FILE loads those weights (strictly) instead of the checkpoint's."""
+    scan = _scan_module()
+    common = ["--arm", "base", "--test-prompts", "4", "--out", str(tmp_path / "scan"), *tiny_overrides(checkpoint)]
+    line = scan.main(["--name", "g", "--generator", str(checkpoint / "generator.safetensors"), *common])
+    assert line["generator"] == str(checkpoint / "generator.safetensors") and line["n_test"] == 4
+    other = tmp_path / "other"
+    wider = ShapesNetConfig(width=48, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2, conv_channels=(4, 8, 8))
+    ShapesGenerator(wider, GenerationConfig(), seed=1).save_pretrained(other)
+    with pytest.raises(RuntimeError, match="size mismatch"):
+        scan.main(["--name", "w", "--generator", str(other / "generator.safetensors"), *common])
+    with pytest.raises(SystemExit):  # a missing file is refused before anything is built
+        scan.main(["--name", "m", "--generator", str(tmp_path / "nope.safetensors"), *common])
+    with pytest.raises(SystemExit):  # weights to score, not an arm to train
+        scan.main(["--name", "s", "--arm", "srum", "--generator", str(checkpoint / "generator.safetensors")])
