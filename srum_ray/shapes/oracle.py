@@ -30,6 +30,7 @@ __all__ = ["ORACLE_MODES", "oracle_reward"]
 
 ORACLE_MODES = ("binary", "filter")
 
+
 def oracle_reward(mode: str) -> RewardFn:
     """A reward function with :func:`srum_ray.stages.reward_stage`'s signature whose loss weights
     are the exact evaluator's verdict (see the module docstring for ``mode``)."""
