@@ -100,13 +100,16 @@ def test_rounds_are_online(straight, tmp_path):
     roles = build_roles(cfg, "cpu")
     fresh = roles.generator.trainable_module().state_dict()
     assert any(not torch.equal(base[k], fresh[k]) for k in base), "round 0 changed the weights"
+    # the whole round as one batch, as the run drew it (CPU kernels round differently at
+    # other batch sizes: ~5e-7 in the latents, enough to move a pixel by one level)
     recs = samples(rd, 1)
-    again = roles.generator.generate([r["prompt"] for r in recs[:2]], [r["seed"] for r in recs[:2]])
+    assert cfg.generation.batch_size == len(recs)
+    again = roles.generator.generate([r["prompt"] for r in recs], [r["seed"] for r in recs])
     roles.generator.load_trainable_state(base, version=1)
-    online = roles.generator.generate([r["prompt"] for r in recs[:2]], [r["seed"] for r in recs[:2]])
+    online = roles.generator.generate([r["prompt"] for r in recs], [r["seed"] for r in recs])
     from PIL import Image
 
-    saved = [np.asarray(Image.open(rd.round_dir(1) / r["image"])) for r in recs[:2]]
+    saved = [np.asarray(Image.open(rd.round_dir(1) / r["image"])) for r in recs]
     assert all(np.array_equal(np.asarray(a), s) for a, s in zip(online.images, saved))
     assert not all(np.array_equal(np.asarray(a), s) for a, s in zip(again.images, saved))
 

@@ -36,7 +36,7 @@ from PIL import Image
 
 from srum_ray.config.schema import GenerationConfig, GeneratorModelConfig, ModelConfig
 from srum_ray.models._families import BY_PIPELINE_CLASS, FAMILIES, Family
-from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times
+from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times, own_weights
 from srum_ray.models.tiny import as_dtype, images_to_tensor, tensor_to_images
 
 #: attention projections LoRA adapts (present in every supported transformer)
@@ -179,7 +179,9 @@ class DiffusersGenerator(GenerationModel):
             first = (str(e).strip().splitlines() or [""])[0]
             raise ValueError(f"could not load the diffusers pipeline at {root}: "
                              f"{type(e).__name__}: {first}") from e
-        return cls(pipe, family, gen_cfg, model_cfg, device, dtype)
+        model = cls(pipe, family, gen_cfg, model_cfg, device, dtype)
+        own_weights(*[c for c in pipe.components.values() if isinstance(c, torch.nn.Module)])
+        return model
 
     # ------------------------------------------------------------------ interface
     @property

@@ -30,7 +30,7 @@ from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrained
 
 from srum_ray.config.schema import GenerationConfig, TinyModelConfig
 from srum_ray.models.base import check_files  # noqa: F401 - re-exported
-from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times
+from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times, own_weights
 from srum_ray.models.tokenizer import build_tokenizer
 
 #: file written beside the components with the configs the generator was built from
@@ -355,6 +355,7 @@ class TinyGenerator(GenerationModel):
                 scheduler.config, shift=gen_cfg.shift
             ),
         }
+        own_weights(parts["transformer"], parts["vae"], text_encoder)
         model = cls(cfg, gen_cfg, device, dtype, _parts=parts)
         model.weights_version = int(meta.get("weights_version", 0))
         return model

@@ -25,7 +25,7 @@ from transformers import (
 )
 
 from srum_ray.config.schema import TinyModelConfig
-from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
+from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args, own_weights
 from srum_ray.models.constraints import generate_answers
 from srum_ray.models.tiny import as_dtype, check_files
 from srum_ray.models.tokenizer import build_tokenizer
@@ -203,6 +203,7 @@ class TinyUnderstanding(UnderstandingModel):
         root = check_files(path, _VLM_FILES, "tiny understanding")
         kw = {"local_files_only": True}
         model = LlavaForConditionalGeneration.from_pretrained(root / "model", **kw)
+        own_weights(model)
         tokenizer = PreTrainedTokenizerFast.from_pretrained(root / "processor", **kw)
         image_processor = CLIPImageProcessorPil.from_pretrained(root / "processor", **kw)
         processor = LlavaProcessor(

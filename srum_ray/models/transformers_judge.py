@@ -22,7 +22,7 @@ from transformers import AutoConfig, AutoModelForImageTextToText
 from srum_ray.config.schema import ModelConfig, UnderstandingModelConfig
 from srum_ray.grounding.model_grounder import parse_boxes
 from srum_ray.models import _vlm_families as F
-from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args
+from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args, own_weights
 from srum_ray.models.constraints import generate_answers
 from srum_ray.models.tiny import as_dtype
 from srum_ray.types import Box
@@ -137,6 +137,7 @@ class TransformersUnderstanding(UnderstandingModel):
             why = F._one_line(e)
             raise FileNotFoundError(f"cannot load model weights from {root}: {why}") from e
         model.to(torch.device(device))
+        own_weights(model)
         return cls(model, processor, family.name, image_max_side=model_cfg.image_max_side)
 
     @classmethod
