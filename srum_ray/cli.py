@@ -138,7 +138,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arms", default="sft,srum",
                       help="comma-separated: srum, sft, sample_level, binarized, no_global, no_constraint")
     demo.add_argument("--seed", type=int, default=0, help="run.seed of every arm and the evaluation seed")
-    demo.add_argument("--val-prompts", type=int, default=60, help="validation prompts scored after each round")
+    demo.add_argument("--val-prompts", type=int, default=40, help="validation prompts scored after each round")
     demo.add_argument("--test-prompts", type=int, default=300, help="test prompts scored per model")
     demo.add_argument("--out", help="demo directory (default: <run.output_dir>/<run.name>-demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="key.path=value overrides for every arm")

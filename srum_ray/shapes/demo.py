@@ -172,7 +172,7 @@ def run_demo(
     *,
     arms: Sequence[str] = ("sft", "srum"),
     seed: int = 0,
-    n_val: int = 60,
+    n_val: int = 40,
     n_test: int = 300,
     out: str | Path | None = None,
     progress: Callable[[str], None] = print,
