@@ -112,8 +112,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from srum_ray.shapes.demo import run_demo
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    run_demo(args.config, args.overrides, arms=arms, seed=args.seed, n_val=args.val_prompts,
-             n_test=args.test_prompts, out=args.out)
+    sizes = {k: v for k, v in (("n_val", args.val_prompts), ("n_test", args.test_prompts)) if v is not None}
+    run_demo(args.config, args.overrides, arms=arms, seed=args.seed, out=args.out, **sizes)
     return 0
 
 
@@ -138,8 +138,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--arms", default="sft,srum",
                       help="comma-separated: srum, sft, sample_level, binarized, no_global, no_constraint")
     demo.add_argument("--seed", type=int, default=0, help="run.seed of every arm and the evaluation seed")
-    demo.add_argument("--val-prompts", type=int, default=40, help="validation prompts scored after each round")
-    demo.add_argument("--test-prompts", type=int, default=300, help="test prompts scored per model")
+    demo.add_argument("--val-prompts", type=int, help="validation prompts scored after each round (default 40)")
+    demo.add_argument("--test-prompts", type=int, help="test prompts scored per model (default 300)")
     demo.add_argument("--out", help="demo directory (default: <run.output_dir>/<run.name>-demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="key.path=value overrides for every arm")
     demo.set_defaults(func=cmd_demo)
