@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Sequence
 
@@ -34,9 +33,9 @@ import numpy as np
 from srum_ray.models.base import GenerationModel, UnderstandingModel
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
 from srum_ray.shapes.evaluate import correct
-from srum_ray.shapes.measure import eval_seeds
+from srum_ray.shapes.measure import eval_seeds, global_scores
 
-__all__ = ["best_of_k", "global_scores", "sample_seeds"]
+__all__ = ["best_of_k", "sample_seeds"]
 
 STATS = ("first", "mean", "judge_best", "any")
 
@@ -46,18 +45,6 @@ def sample_seeds(n: int, k: int, seed: int) -> list[list[int]]:
     evaluation seed (:func:`srum_ray.shapes.measure.eval_seeds`), the others are disjoint from it."""
     first = eval_seeds(n, seed)
     return [[first[i]] + [(seed * 1_000_003 + i) * 64 + j + 7_000_000_019 for j in range(1, k)] for i in range(n)]
-
-
-def global_scores(understanding: UnderstandingModel, texts: Sequence[str], images: Sequence, batch_size: int = 64) -> list[float | None]:
-    """The judge's global score of each image for its prompt (None where the answer was unreadable)."""
-    from srum_ray.judging import prompts as P
-    from srum_ray.judging.parser import parse_global
-
-    out: list[float | None] = []
-    for s in range(0, len(texts), batch_size):
-        answers = understanding.answer(list(images[s : s + batch_size]), [P.global_prompt(t) for t in texts[s : s + batch_size]], max_new_tokens=64)
-        out += [parse_global(a).score for a in answers]
-    return out
 
 
 def best_of_k(
@@ -186,4 +173,3 @@ def _sheet(per_prompt: list[dict], images: list, k: int, n: int = 12):
 
 if __name__ == "__main__":
     main()
-    sys.exit(0)

@@ -40,24 +40,30 @@ def generation_report(generator: GenerationModel, specs: Sequence[PromptSpec], s
     return evaluate(specs, images), images
 
 
+def global_scores(
+    understanding: UnderstandingModel, texts: Sequence[str], images: Sequence[Image.Image], batch_size: int = 64,
+) -> list[float | None]:
+    """The judge's global score of each image for its prompt, asked and read as SRUM asks it;
+    None where the answer could not be read."""
+    from srum_ray.judging import prompts as P
+    from srum_ray.judging.parser import parse_global
+
+    out: list[float | None] = []
+    for s in range(0, len(texts), batch_size):
+        answers = understanding.answer(list(images[s : s + batch_size]), [P.global_prompt(t) for t in texts[s : s + batch_size]], max_new_tokens=64)
+        out += [parse_global(a).score for a in answers]
+    return out
+
+
 def global_verdicts(
     understanding: UnderstandingModel, specs: Sequence[PromptSpec], images: Sequence[Image.Image],
     batch_size: int = 64, right_score: float = 0.75,
 ) -> list[bool | None]:
     """The judge's whole-image verdict (global score >= ``right_score``: "exactly what the
-    prompt asks" on the judge's rubric, not "mostly right") per image, asked and read as SRUM
-    asks it; None where the answer could not be read."""
-    from srum_ray.judging import prompts as P
-    from srum_ray.judging.parser import parse_global
-
-    out: list[bool | None] = []
-    for s in range(0, len(specs), batch_size):
-        chunk = specs[s : s + batch_size]
-        answers = understanding.answer(list(images[s : s + batch_size]), [P.global_prompt(sp.text) for sp in chunk], max_new_tokens=64)
-        for a in answers:
-            score = parse_global(a).score
-            out.append(None if score is None else score >= right_score)
-    return out
+    prompt asks" on the judge's rubric, not "mostly right") per image; None where the answer
+    could not be read."""
+    scores = global_scores(understanding, [sp.text for sp in specs], images, batch_size)
+    return [None if score is None else score >= right_score for score in scores]
 
 
 def agreement(specs: Sequence[PromptSpec], verdicts: Sequence[bool | None], truth: Sequence[bool]) -> dict[str, float]:

@@ -37,15 +37,17 @@ def paper_claims(agg: dict) -> list[tuple[str, bool, str]]:
     arms = [a for a in (*ABLATION_ORDER, "sft") if a in agg]
 
     def overall(m: str) -> float:
-        return mean_sd(agg[m]["overall"])[0]
+        return overall_mean(agg, m)
 
     def gap(a: str, b: str) -> str:
-        m, sd = mean_sd([x - y for x, y in zip(agg[a]["overall"], agg[b]["overall"])])
+        m, sd = mean_sd(overall_diffs(agg, a, b))
         noise = " (within the seed spread)" if abs(m) <= sd else ""
         return f"{a} - {b}: {100 * m:+.1f} ± {100 * sd:.1f} points{noise}"
 
+    def others(a: str) -> list[str]:
+        return [o for o in arms if o != a]
+
     out = []
-    others = lambda a: [o for o in arms if o != a]  # noqa: E731
     if "srum" in agg and others("srum"):
         runner_up = max(others("srum"), key=overall)
         out.append(("full SRUM is best", overall("srum") > overall(runner_up), gap("srum", runner_up)))
@@ -58,6 +60,16 @@ def paper_claims(agg: dict) -> list[tuple[str, bool, str]]:
         out.append(("dropping the global reward hurts more than dropping the constraint",
                     overall("no_global") < overall("no_constraint"), gap("no_global", "no_constraint")))
     return out
+
+
+def overall_mean(agg: dict, m: str) -> float:
+    """Mean over seeds of arm ``m``'s overall test accuracy."""
+    return mean_sd(agg[m]["overall"])[0]
+
+
+def overall_diffs(agg: dict, a: str, b: str) -> list[float]:
+    """Per-seed overall test accuracy of arm ``a`` minus arm ``b``."""
+    return [x - y for x, y in zip(agg[a]["overall"], agg[b]["overall"])]
 
 
 def mean_sd(xs: Sequence[float]) -> tuple[float, float]:
@@ -96,10 +108,10 @@ def write_results(doc: Path, per_seed: list[dict], seeds: Sequence[int], command
         split_lines.append(f"| {m} | {cell(agg[m]['seen'])} | {cell(agg[m]['unseen'])} | {cell(agg[m]['overall'])} |")
 
     def overall(m: str) -> float:
-        return mean_sd(agg[m]["overall"])[0]
+        return overall_mean(agg, m)
 
     def diffs(a: str, b: str) -> list[float]:
-        return [x - y for x, y in zip(agg[a]["overall"], agg[b]["overall"])]
+        return overall_diffs(agg, a, b)
 
     checks = []
     if "srum" in agg:
