@@ -43,8 +43,8 @@ STATS = ("first", "mean", "judge_best", "any")
 def sample_seeds(n: int, k: int, seed: int) -> list[list[int]]:
     """``seeds[i][j]``: the seed of prompt ``i``'s ``j``-th image; ``j = 0`` is the demo's
     evaluation seed (:func:`srum_ray.shapes.measure.eval_seeds`), the others are disjoint from it."""
-    first = eval_seeds(n, seed)
-    return [[first[i]] + [(seed * 1_000_003 + i) * 64 + j + 7_000_000_019 for j in range(1, k)] for i in range(n)]
+    first, stride = eval_seeds(n, seed), max(64, k)
+    return [[first[i]] + [(seed * 1_000_003 + i) * stride + j + 7_000_000_019 for j in range(1, k)] for i in range(n)]
 
 
 def best_of_k(
