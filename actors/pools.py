@@ -51,6 +51,7 @@ import threading
 import time
 from typing import Any, Mapping
 
+import ray
 import torch
 from ray import serve
 
@@ -398,14 +399,29 @@ def deploy_pools(
     }
 
 
-def shutdown_pools(name_prefix: str = "srum") -> None:
-    """Remove this run's pool apps: stop Serve when they are all it runs, else delete them."""
+#: the Serve controller's actor name, namespace "serve" (ray.serve._private.constants)
+SERVE_CONTROLLER_NAME = "SERVE_CONTROLLER_ACTOR"
+
+
+def serve_running() -> bool:
+    """Whether a Serve controller runs on the connected Ray cluster (whoever started it)."""
+    return any(
+        a.get("namespace") == "serve" and a.get("name") == SERVE_CONTROLLER_NAME
+        for a in ray.util.list_named_actors(all_namespaces=True)
+    )
+
+
+def shutdown_pools(name_prefix: str = "srum", *, stop_serve: bool = True) -> None:
+    """Remove this run's pool apps; with ``stop_serve``, stop Serve instead when they are all
+    it runs. Pass ``stop_serve=False`` when Serve belongs to someone else (it was running
+    before the run): stopping it kills the controller under its other users, and Ray logs its
+    pending long-poll calls as failed tasks."""
     try:
         apps = serve.status().applications
     except Exception:  # noqa: BLE001 - Serve not running: nothing to remove
         return
     ours = [app_name(r, name_prefix) for r in ROLES if app_name(r, name_prefix) in apps]
-    if not set(apps) - set(ours):
+    if stop_serve and not set(apps) - set(ours):
         serve.shutdown()
         return
     for name in ours:

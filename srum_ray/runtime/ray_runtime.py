@@ -102,6 +102,11 @@ class RayRuntime(Runtime):
                 _RemoteGenerator(cls.options(**role_options(rt.generator, max_restarts=3)).remote(cfg_dict, i))
                 for i in range(rt.generator.replicas)
             ]
+        # Serve is stopped by whoever started it: a Serve running before this run (a demo's
+        # session, a user's cluster) stays up, only this run's apps are deleted
+        from actors.pools import serve_running
+
+        self._serve_was_running = serve_running()
         # Serve apps are named per run so that two runs on one cluster do not collide
         self.serve_prefix = f"srum-{cfg.run.name}-{uuid.uuid4().hex[:6]}"
         self.grounder = build_stage("grounder", cfg, name_prefix=self.serve_prefix)
@@ -262,9 +267,13 @@ class RayRuntime(Runtime):
     def shutdown(self) -> None:
         from actors.pools import shutdown_pools
 
-        # one call removes both pool apps (or stops Serve when they are all it runs); closing
-        # each stage first would delete the apps one after the other
-        closers = (self.learner.shutdown, lambda: shutdown_pools(self.serve_prefix))
+        # one call removes both pool apps (or stops Serve when this run started it and they are
+        # all it runs); closing each stage first would delete the apps one after the other. A
+        # Ray session this runtime started goes down whole with ray.shutdown(), Serve with it.
+        closers: tuple[Callable[[], None], ...] = (self.learner.shutdown,)
+        if not self._started_ray:
+            closers += (lambda: shutdown_pools(self.serve_prefix, stop_serve=not self._serve_was_running),)
+        closers += (self.grounder.release, self.judge.release)
         for closer in closers:
             try:
                 closer()

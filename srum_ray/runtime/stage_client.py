@@ -101,6 +101,10 @@ class StageClient:
         """Release what this client owns (nothing by default)."""
         return None
 
+    def release(self) -> None:
+        """Stop this client's own background work in this process (nothing by default)."""
+        return None
+
     def take_counters(self) -> dict[str, int]:
         """Counters summed over the calls since the last take (then reset to empty)."""
         with self._counter_lock:
@@ -231,6 +235,13 @@ class ServeStage(StageClient):
             from ray import serve
 
             serve.delete(self.app_name)
+        self.release()
+
+    def release(self) -> None:
+        """Shut the handle's router down: it pushes metrics to the Serve controller and polls
+        it for replica changes from threads of this process, which otherwise go on after the
+        run (and log a failure every few seconds once the Ray session is gone)."""
+        self._handle.shutdown()
 
 
 def running_replicas(app_name: str, deployment_name: str) -> int:

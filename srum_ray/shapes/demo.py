@@ -196,6 +196,12 @@ def run_demo(
         from srum_ray.runtime.ray_runtime import init_ray
 
         started_ray = init_ray(base_cfg.runtime.address)
+        if started_ray:
+            from actors.pools import start_serve
+
+            # the demo's session owns Serve: each arm deletes its own apps and the next reuses
+            # the controller; ray.shutdown() below stops it with the session
+            start_serve()
     results: dict[str, ArmResult] = {}
     try:
         for arm, cfg in cfgs.items():
@@ -231,8 +237,7 @@ def run_demo(
     from srum_ray.shapes.measure import understanding_vs_generation
 
     und = build_model(base_cfg.model, base_cfg.generation, "cpu", parts=("understanding",)).understanding
-    ev.load(None)
-    gap = understanding_vs_generation(ev.generator, und, [p.spec for p in test], seed)
+    gap = understanding_vs_generation(ev.generator, und, [p.spec for p in test], seed, images=base_images)
 
     tables = {"base": base_test, **{arm: r.test for arm, r in results.items()}}
     write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start)

@@ -87,9 +87,21 @@ def rendered_pairs(specs: Sequence[PromptSpec], seed: int = 0) -> tuple[list[Pro
     return out_specs, images, truth
 
 
-def understanding_vs_generation(generator: GenerationModel, understanding: UnderstandingModel, specs: Sequence[PromptSpec], seed: int = 0) -> dict:
-    """Generation accuracy, and judge agreement on rendered and on generated images, per category."""
-    report, images = generation_report(generator, specs, seed)
+def understanding_vs_generation(
+    generator: GenerationModel, understanding: UnderstandingModel, specs: Sequence[PromptSpec], seed: int = 0,
+    images: Sequence[Image.Image] | None = None,
+) -> dict:
+    """Generation accuracy, and judge agreement on rendered and on generated images, per category.
+
+    ``images``: the generator's images of ``specs`` drawn with this ``seed`` (what
+    :func:`generation_report` returns), when the caller already has them; drawn here otherwise.
+    """
+    if images is None:
+        report, images = generation_report(generator, specs, seed)
+    elif len(images) != len(specs):
+        raise ValueError(f"understanding_vs_generation: {len(images)} images for {len(specs)} prompts")
+    else:
+        report = evaluate(specs, images)
     truth_gen = [all(r) for r in report.results]
     r_specs, r_images, r_truth = rendered_pairs(specs, seed)
     return {

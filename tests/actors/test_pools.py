@@ -210,6 +210,23 @@ def test_driver_stage_when_max_replicas_is_zero(cfg):
     assert stage.take_counters() == {} and stage.calls == 3
 
 
+def test_serve_stage_close_and_release_stop_its_handle():
+    class Handle:
+        app_name, deployment_name = "srum-x-judge", "JudgeReplica"
+        shutdowns = 0
+
+        def shutdown(self):
+            self.shutdowns += 1
+
+    h = Handle()
+    stage = ServeStage(h, owns_app=False)  # an app it does not own is never deleted
+    stage.release()
+    assert h.shutdowns == 1
+    stage.close()
+    assert h.shutdowns == 2
+    assert LocalStage(lambda b: b).release() is None
+
+
 def test_replica_rejects_batch_without_images(cfg):
     rep = GrounderReplica(cfg)
     with pytest.raises(ValueError, match="3 records but no images"):
@@ -345,13 +362,19 @@ def test_grounder_replica_killed_mid_round(serve_up, cfg):
         serve.delete(app, _blocking=False)
 
 
-def test_shutdown_pools_stops_serve_when_only_ours_are_left(judge_app):
-    from actors.pools import shutdown_pools
-
-    assert app_name("judge", PREFIX) in serve.status().applications
-    shutdown_pools(PREFIX)
+def test_shutdown_pools_leaves_a_serve_it_does_not_own_then_stops_its_own(judge_app):
+    from actors.pools import serve_running, shutdown_pools
 
     def serve_actors():
         return [a["name"] for a in ray.util.list_named_actors(all_namespaces=True) if a.get("namespace") == "serve"]
 
+    assert app_name("judge", PREFIX) in serve.status().applications
+    assert serve_running()
+    # Serve started by someone else (a demo's session): only our apps go, the controller stays
+    shutdown_pools(PREFIX, stop_serve=False)
+    assert app_name("judge", PREFIX) not in serve.status().applications
+    assert serve_running(), serve_actors()
+    # Serve this run started, nothing else on it: stopped
+    shutdown_pools(PREFIX)
     assert wait_for(lambda: not serve_actors(), 20), serve_actors()
+    assert not serve_running()

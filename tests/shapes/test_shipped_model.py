@@ -11,7 +11,7 @@ import pytest
 from srum_ray.config.load import load_config
 from srum_ray.models.registry import build_model
 from srum_ray.shapes.demo import subsample
-from srum_ray.shapes.measure import agreement, generation_report, global_verdicts, rendered_pairs
+from srum_ray.shapes.measure import agreement, generation_report, global_verdicts, rendered_pairs, understanding_vs_generation
 from srum_ray.shapes.splits import load_split_prompts
 from srum_ray.shapes.train_umm import single_object_prompt
 
@@ -48,3 +48,20 @@ def test_base_generator_draws_single_objects_better_than_compositions(model):
     multi_acc = generation_report(model.generator, multi, seed=1)[0].overall
     # a base model as the issue asks: good at single objects, weaker at compositions
     assert single_acc >= 0.5 and multi_acc < single_acc / 2
+
+
+def test_gap_from_images_already_drawn_equals_the_gap_drawn_anew(model):
+    # the demo hands the base's test images to the gap measurement instead of drawing them again
+    specs = [p.spec for p in subsample(load_split_prompts(ROOT / "configs/prompts/shapes/test.jsonl"), 12)]
+    report, images = generation_report(model.generator, specs, seed=3)
+    drawn = understanding_vs_generation(model.generator, model.understanding, specs, seed=3)
+    given = understanding_vs_generation(model.generator, model.understanding, specs, seed=3, images=images)
+    assert given == drawn
+    assert given["generation"]["overall"] == report.overall
+    # the images given are the ones scored: ground-truth renders make every prompt right
+    _, truth_images, truth = rendered_pairs(specs, seed=3)
+    right = [im for im, ok in zip(truth_images, truth) if ok]
+    assert understanding_vs_generation(model.generator, model.understanding, specs, seed=3, images=right)["generation"]["overall"] == 1.0
+    assert report.overall < 1.0
+    with pytest.raises(ValueError, match="11 images for 12 prompts"):
+        understanding_vs_generation(model.generator, model.understanding, specs, seed=3, images=images[:11])
