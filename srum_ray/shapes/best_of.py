@@ -82,6 +82,20 @@ def best_of_k(
             "unread": sum(x is None for x in scores), "images": images}
 
 
+def load_model(config: str, overrides: Sequence[str]) -> tuple:
+    """``(cfg, model)``: the config with overrides, the thread count it asks for set, and its
+    unified model built on CPU (what the shapes diagnostics run on)."""
+    import torch
+
+    from srum_ray.config.load import load_config
+    from srum_ray.models.registry import build_model
+
+    cfg = load_config(config, list(overrides))
+    if cfg.run.cpu_threads > 0:
+        torch.set_num_threads(cfg.run.cpu_threads)
+    return cfg, build_model(cfg.model, cfg.generation, "cpu")
+
+
 def format_summary(summary: dict, k: int) -> str:
     labels = {"first": "one sample (demo's seed)", "mean": f"mean of {k} samples", "judge_best": f"judge's pick of {k}",
               "any": f"any of {k} right (oracle)"}
@@ -107,17 +121,10 @@ def main(argv: list[str] | None = None) -> dict:
     if args.generator is not None and not Path(args.generator).is_file():
         ap.error(f"--generator: no file at {args.generator}")
 
-    import torch
-
-    from srum_ray.config.load import load_config
-    from srum_ray.models.registry import build_model
     from srum_ray.shapes.demo import PROMPT_DIR, subsample
     from srum_ray.shapes.splits import load_split_prompts
 
-    cfg = load_config(args.config, list(args.overrides))
-    if cfg.run.cpu_threads > 0:
-        torch.set_num_threads(cfg.run.cpu_threads)
-    model = build_model(cfg.model, cfg.generation, "cpu")
+    _, model = load_model(args.config, args.overrides)
     if args.generator is not None:
         from safetensors.torch import load_file
 

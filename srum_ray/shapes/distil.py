@@ -36,7 +36,7 @@ import torch
 
 from srum_ray.config.schema import TrainConfig
 from srum_ray.models.base import GenerationModel
-from srum_ray.shapes.best_of import best_of_k
+from srum_ray.shapes.best_of import best_of_k, load_model
 from srum_ray.shapes.constraints import PromptSpec
 from srum_ray.shapes.measure import generation_report
 from srum_ray.types import RolloutBatch, SampleRecord
@@ -111,15 +111,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     if args.k < 1 or args.prompts < 1 or args.steps < 1 or args.batch < 1:
         ap.error("--k, --prompts, --steps and --batch must be at least 1")
 
-    from srum_ray.config.load import load_config
-    from srum_ray.models.registry import build_model
     from srum_ray.shapes.demo import PROMPT_DIR, subsample
     from srum_ray.shapes.splits import load_split_prompts
 
-    cfg = load_config(args.config, list(args.overrides))
-    if cfg.run.cpu_threads > 0:
-        torch.set_num_threads(cfg.run.cpu_threads)
-    model = build_model(cfg.model, cfg.generation, "cpu")
+    cfg, model = load_model(args.config, args.overrides)
     gen = model.generator
     base = {k: v.clone() for k, v in gen.trainable_module().state_dict().items()}
     both = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), 2 * args.prompts)
