@@ -2,6 +2,7 @@
 
     python -m srum_ray.shapes.distil [--prompts 150] [--k 8] [--seed 0] [--picks judge,oracle,first]
         [--steps 100] [--lr 1e-4] [--batch 16] [--config configs/shapes.yaml] [--out runs/distil]
+    python -m srum_ray.shapes.distil --summary runs/distil/distil.jsonl --steps 300 --lr 3e-4   # the table over seeds
 
 Best-of-K (:mod:`srum_ray.shapes.best_of`) says the judge's pick of 8 samples is right far
 more often than one sample; SRUM's rounds do not turn that into a better generator. This
@@ -32,6 +33,7 @@ import time
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 import torch
 
 from srum_ray.config.schema import TrainConfig
@@ -41,7 +43,7 @@ from srum_ray.shapes.constraints import PromptSpec
 from srum_ray.shapes.measure import generation_report
 from srum_ray.types import RolloutBatch, SampleRecord
 
-__all__ = ["PICKS", "picked", "finetune"]
+__all__ = ["PICKS", "picked", "finetune", "summary_table", "summarize"]
 
 PICKS = ("judge", "oracle", "first")
 
@@ -102,8 +104,14 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--config", default="configs/shapes.yaml")
     ap.add_argument("--out", default="runs/distil")
+    ap.add_argument("--summary", default=None, metavar="JSONL",
+                    help="only print the table of the runs in JSONL with these --k / --steps / --lr / --batch")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
+    if args.summary is not None:
+        if not Path(args.summary).is_file():
+            ap.error(f"--summary: no file at {args.summary}")
+        return summarize(args.summary, k=args.k, steps=args.steps, lr=args.lr, batch=args.batch)
     picks = [p for p in args.picks.split(",") if p]
     bad = [p for p in picks if p not in PICKS]
     if bad or not picks:
@@ -149,11 +157,41 @@ def main(argv: list[str] | None = None) -> list[dict]:
             f.write(json.dumps(line) + "\n")
         print(json.dumps(line), flush=True)
         lines.append(line)
-    print("| pick | images (right) | train prompts: before -> after | other prompts: before -> after |\n|---|---|---|---|")
-    for ln in lines:
+    print(summary_table(lines))
+    return lines
+
+
+def summary_table(lines: Sequence[dict]) -> str:
+    """Markdown: one row per (pick, seed) line, then per pick the mean +- sd over its trained
+    lines of the change in points on the same prompts and on the other prompts."""
+    rows = ["| pick | seed | images (right) | same prompts: base -> after | other prompts: base -> after |",
+            "|---|---|---|---|---|"]
+    order = sorted(lines, key=lambda ln: (PICKS.index(ln["pick"]), ln["seed"]))
+    for ln in order:
         after = ln["after"] or {"train": "(not trained)", "other": "(not trained)"}
-        print(f"| {ln['pick']} | {ln['images']} ({ln['right']}) | {ln['before']['train']} -> {after['train']} | "
-              f"{ln['before']['other']} -> {after['other']} |")
+        rows.append(f"| {ln['pick']} | {ln['seed']} | {ln['images']} ({ln['right']}) | {ln['before']['train']} -> {after['train']} | "
+                    f"{ln['before']['other']} -> {after['other']} |")
+    rows += ["", "| pick | change, same prompts | change, other prompts |", "|---|---|---|"]
+    for pick in PICKS:
+        trained = [ln for ln in lines if ln["pick"] == pick and ln["after"]]
+        if not trained:
+            continue
+        cells = []
+        for half in ("train", "other"):
+            d = np.array([ln["after"][half] - ln["before"][half] for ln in trained])
+            cells.append(f"{d.mean():+.1f} ± {d.std(ddof=1) if len(d) > 1 else 0.0:.1f}")
+        rows.append(f"| {pick} | {cells[0]} | {cells[1]} |")
+    return "\n".join(rows)
+
+
+def summarize(path: str | Path, *, k: int, steps: int, lr: float, batch: int) -> list[dict]:
+    """The lines of a ``distil.jsonl`` run with these settings (every seed and pick); prints
+    their :func:`summary_table` (the table in docs/RESULTS.md)."""
+    lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    lines = [ln for ln in lines if (ln["k"], ln["steps"], ln["lr"], ln["batch"]) == (k, steps, lr, batch)]
+    if not lines:
+        raise ValueError(f"{path}: no run with k={k}, steps={steps}, lr={lr}, batch={batch}")
+    print(summary_table(lines))
     return lines
 
 

@@ -80,3 +80,28 @@ def test_command_rejects_bad_arguments(tmp_path):
         main(["--picks", "judge,best", "--out", str(tmp_path)])
     with pytest.raises(SystemExit):
         main(["--steps", "0", "--out", str(tmp_path)])
+
+
+def _line(pick, seed, before, after, k=8, steps=300):
+    return {"pick": pick, "seed": seed, "k": k, "prompts": 150, "images": 10, "right": 5, "steps": steps, "lr": 3e-4,
+            "batch": 16, "min_score": 0.75, "before": {"train": before[0], "other": before[1]},
+            "after": None if after is None else {"train": after[0], "other": after[1]}}
+
+
+def test_summary_over_seeds(tmp_path, capsys):
+    lines = [_line("oracle", 0, (4.0, 7.3), (8.7, 8.0)), _line("oracle", 1, (8.0, 7.3), (11.3, 8.7)),
+             _line("first", 0, (4.0, 7.3), (2.0, 4.0)), _line("judge", 0, (4.0, 7.3), None),
+             _line("oracle", 0, (4.0, 7.3), (0.0, 0.0), steps=100)]  # another setting: left out
+    path = tmp_path / "distil.jsonl"
+    path.write_text("".join(json.dumps(ln) + "\n" for ln in lines))
+    got = main(["--summary", str(path), "--steps", "300", "--lr", "3e-4", "--batch", "16", "--k", "8"])
+    assert got == lines[:4]
+    table = capsys.readouterr().out
+    # oracle: +4.7 and +3.3 on the same prompts -> +4.0 ± 1.0; +0.7 and +1.4 on the others -> +1.05 ± 0.5
+    assert "| oracle | +4.0 ± 1.0 | +1.0 ± 0.5 |" in table
+    assert "| first | -2.0 ± 0.0 | -3.3 ± 0.0 |" in table
+    assert "| judge | 0 | 10 (5) | 4.0 -> (not trained) |" in table and "| judge | +" not in table
+    with pytest.raises(ValueError, match="no run with k=8, steps=50"):
+        main(["--summary", str(path), "--steps", "50"])
+    with pytest.raises(SystemExit):
+        main(["--summary", str(tmp_path / "missing.jsonl")])
