@@ -49,7 +49,8 @@ import logging
 import os
 import threading
 import time
-from typing import Any, Mapping
+from contextlib import contextmanager
+from typing import Any, Iterator, Mapping
 
 import ray
 import torch
@@ -426,6 +427,26 @@ def shutdown_pools(name_prefix: str = "srum", *, stop_serve: bool = True) -> Non
         return
     for name in ours:
         serve.delete(name)
+
+
+@contextmanager
+def serve_session() -> Iterator[bool]:
+    """Serve for a session of runs on the connected cluster; yields whether this session owns it.
+
+    Starts Serve unless it runs already; on exit stops it, but only when this session started
+    it and no application is left on it (each run deletes its own apps; a user's apps or a
+    Serve someone else started are left alone). A session of several runs (the demo's arms)
+    so pays one controller start and leaves no controller behind to be killed under pending
+    calls.
+    """
+    owned = not serve_running()
+    if owned:
+        start_serve()
+    try:
+        yield owned
+    finally:
+        if owned and ray.is_initialized() and serve_running() and not serve.status().applications:
+            serve.shutdown()
 
 
 def build_stage(role: str, cfg: SrumConfig | Mapping[str, Any], *, name_prefix: str = "srum") -> StageClient:

@@ -20,6 +20,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
@@ -192,23 +193,26 @@ def run_demo(
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), n_test)
 
     started_ray = False
+    session: contextlib.AbstractContextManager = contextlib.nullcontext()
     if base_cfg.runtime.mode == "ray":
+        from actors.pools import serve_session, start_serve
         from srum_ray.runtime.ray_runtime import init_ray
 
+        # the demo's session owns Serve unless it runs already: each arm deletes its own apps
+        # and the next reuses the controller
         started_ray = init_ray(base_cfg.runtime.address)
         if started_ray:
-            from actors.pools import start_serve
-
-            # the demo's session owns Serve: each arm deletes its own apps and the next reuses
-            # the controller; ray.shutdown() below stops it with the session
-            start_serve()
+            start_serve()  # ray.shutdown() below stops it with the session
+        else:
+            session = serve_session()  # a joined cluster: stops the Serve it started, if it did
     results: dict[str, ArmResult] = {}
     try:
-        for arm, cfg in cfgs.items():
-            t0 = time.perf_counter()
-            progress(f"[demo] arm {arm}: {cfg.run.rounds} rounds of {cfg.data.prompts_per_round} images")
-            run_dir = run_arm(cfg)
-            results[arm] = ArmResult(arm, str(run_dir), seconds=time.perf_counter() - t0)
+        with session:
+            for arm, cfg in cfgs.items():
+                t0 = time.perf_counter()
+                progress(f"[demo] arm {arm}: {cfg.run.rounds} rounds of {cfg.data.prompts_per_round} images")
+                run_dir = run_arm(cfg)
+                results[arm] = ArmResult(arm, str(run_dir), seconds=time.perf_counter() - t0)
     finally:
         if started_ray:
             import ray

@@ -378,3 +378,32 @@ def test_shutdown_pools_leaves_a_serve_it_does_not_own_then_stops_its_own(judge_
     shutdown_pools(PREFIX)
     assert wait_for(lambda: not serve_actors(), 20), serve_actors()
     assert not serve_running()
+
+
+@serve.deployment(ray_actor_options={"num_cpus": 0})
+class _Echo:
+    def __call__(self, x):
+        return x
+
+
+def test_serve_session_stops_only_a_serve_it_started_and_left_empty(serve_up):
+    from actors.pools import serve_running, serve_session
+
+    if serve_running():  # an earlier test may have left it up; start from no Serve
+        serve.shutdown()
+    assert wait_for(lambda: not serve_running(), 20)
+    with serve_session() as owned:
+        assert owned and serve_running()
+        with serve_session() as inner:  # a session inside it (a run on the demo's Serve) owns nothing
+            assert not inner
+        assert serve_running()  # the inner session left the outer one's Serve up
+        assert serve.run(_Echo.bind(), name="run-app", route_prefix=None).remote(3).result() == 3
+        serve.delete("run-app")  # a run deletes its own apps
+    assert wait_for(lambda: not serve_running(), 20)
+    # an app left on it (a user's): Serve stays up with the app
+    with serve_session() as owned:
+        assert owned
+        serve.run(_Echo.bind(), name="user-app", route_prefix=None)
+    assert serve_running() and "user-app" in serve.status().applications
+    serve.shutdown()
+    assert wait_for(lambda: not serve_running(), 20)
