@@ -21,6 +21,7 @@ import threading
 import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -37,12 +38,30 @@ from srum_ray.types import RolloutBatch
 log = logging.getLogger("srum_ray")
 
 
-def init_ray(address: str | None) -> bool:
-    """Join (or start) Ray; returns whether this call started it."""
+@dataclass(frozen=True)
+class RaySession:
+    """What :func:`init_ray` did.
+
+    ``connected``: this call ran ``ray.init``, so its caller disconnects with ``ray.shutdown()``.
+    ``own_instance``: and that started a new local Ray instance, which ``ray.shutdown()`` stops
+    with everything on it, Serve included. False when it joined a running cluster (an address,
+    ``RAY_ADDRESS`` as under ``ray job submit``, or a ``ray start`` on this machine): there
+    Serve and its apps outlive the driver, so a run deletes what it deployed.
+    """
+
+    connected: bool
+    own_instance: bool
+
+
+def init_ray(address: str | None) -> RaySession:
+    """Join (or start) Ray; says whether this call connected and whether it started the instance."""
     if ray.is_initialized():
-        return False
+        return RaySession(connected=False, own_instance=False)
     ray.init(address=address, log_to_driver=True, configure_logging=False)
-    return True
+    # a driver that started its instance holds the head node; one that joined holds a
+    # connect-only node (no public API tells the two apart)
+    node = ray._private.worker._global_node
+    return RaySession(connected=True, own_instance=bool(node is not None and node.is_head()))
 
 
 def _merge(full: RolloutBatch, answered: RolloutBatch) -> RolloutBatch:
@@ -91,7 +110,7 @@ class RayRuntime(Runtime):
 
         self.cfg = cfg
         rt = cfg.runtime
-        self._started_ray = init_ray(rt.address)
+        self._ray = init_ray(rt.address)
         cfg_dict = config_to_dict(cfg)
         t0 = time.perf_counter()
         if rt.generator.replicas == 0:
@@ -269,9 +288,10 @@ class RayRuntime(Runtime):
 
         # one call removes both pool apps (or stops Serve when this run started it and they are
         # all it runs); closing each stage first would delete the apps one after the other. A
-        # Ray session this runtime started goes down whole with ray.shutdown(), Serve with it.
+        # Ray instance this runtime started goes down whole with ray.shutdown(), Serve with it;
+        # on a cluster it joined, Serve apps outlive the driver and must be deleted.
         closers: tuple[Callable[[], None], ...] = (self.learner.shutdown,)
-        if not self._started_ray:
+        if not self._ray.own_instance:
             closers += (lambda: shutdown_pools(self.serve_prefix, stop_serve=not self._serve_was_running),)
         closers += (self.grounder.release, self.judge.release)
         for closer in closers:
@@ -282,7 +302,7 @@ class RayRuntime(Runtime):
         for g in self.generators:
             if isinstance(g, _RemoteGenerator):
                 ray.kill(g.handle)
-        if self._started_ray:
+        if self._ray.connected:
             ray.shutdown()
             # Serve's handle threads may still call Ray: they must not start a new session
             # (RAY_ENABLE_AUTO_CONNECT is read once, at import, into this flag)

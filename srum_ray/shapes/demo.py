@@ -192,7 +192,7 @@ def run_demo(
     val = subsample(load_split_prompts(PROMPT_DIR / "val.jsonl"), n_val)
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), n_test)
 
-    started_ray = False
+    connected = False
     session: contextlib.AbstractContextManager = contextlib.nullcontext()
     if base_cfg.runtime.mode == "ray":
         from actors.pools import serve_session, start_serve
@@ -200,9 +200,10 @@ def run_demo(
 
         # the demo's session owns Serve unless it runs already: each arm deletes its own apps
         # and the next reuses the controller
-        started_ray = init_ray(base_cfg.runtime.address)
-        if started_ray:
-            start_serve()  # ray.shutdown() below stops it with the session
+        ray_session = init_ray(base_cfg.runtime.address)
+        connected = ray_session.connected
+        if ray_session.own_instance:
+            start_serve()  # ray.shutdown() below stops it with the instance
         else:
             session = serve_session()  # a joined cluster: stops the Serve it started, if it did
     results: dict[str, ArmResult] = {}
@@ -214,7 +215,7 @@ def run_demo(
                 run_dir = run_arm(cfg)
                 results[arm] = ArmResult(arm, str(run_dir), seconds=time.perf_counter() - t0)
     finally:
-        if started_ray:
+        if connected:
             import ray
 
             ray.shutdown()

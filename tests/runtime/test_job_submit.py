@@ -297,6 +297,18 @@ def test_ray_job_submit_two_rounds(local_head, tmp_path):
     status = json.loads(_get(f"{head.dashboard}/api/jobs/{sid}"))["status"]
     assert status == "SUCCEEDED", output[-4000:]
 
+    # the job's Serve apps (grounder and judge pools) do not outlive it on the cluster: the run
+    # deletes them and stops the Serve it started (ray.shutdown() only disconnects a job's driver)
+    def serve_state() -> dict:
+        return json.loads(_get(f"{head.dashboard}/api/serve/applications/"))
+
+    t_left = time.monotonic() + 20
+    while (serve_state()["applications"] or serve_state()["controller_info"]) and time.monotonic() < t_left:
+        time.sleep(0.5)
+    left = serve_state()
+    assert left["applications"] == {} and left["controller_info"] == {}, (
+        f"Serve left on the cluster after the job: apps {sorted(left['applications'])}, controller {left['controller_info']}")
+
     # the run directory: two committed rounds, every sample drawn by the weights of its round
     runs = list(out.iterdir())
     assert len(runs) == 1, runs

@@ -3,6 +3,9 @@ round completing across them with streaming and online weights, a judge killed m
 the collective weight-sync path, and resume after the whole job is killed."""
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -179,3 +182,23 @@ def test_role_counts_zero_run_in_the_driver(cluster, tmp_path):
     assert [x["region_scores"] for x in a] == [x["region_scores"] for x in b]
     # no Ray task ran, so the round's trace is an empty chrome trace
     assert json.loads((rd.round_dir(0) / "timeline.json").read_text()) == []
+
+
+def test_init_ray_tells_an_instance_it_started_from_one_already_there(tmp_path):
+    # in a fresh interpreter: this module's cluster fixture holds Ray in the test process.
+    # Joining a running cluster (own_instance False) is asserted end to end by the
+    # `ray job submit` test (the job's Serve apps must not outlive it).
+    code = (
+        "import json, ray\n"
+        "from srum_ray.runtime.ray_runtime import init_ray\n"
+        "first = init_ray('local')\n"  # 'local': a new instance even if a `ray start` runs here
+        "again = init_ray(None)\n"
+        "print(json.dumps([first.__dict__, again.__dict__]))\n"
+        "ray.shutdown()\n"
+    )
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    first, again = json.loads(out.stdout.strip().splitlines()[-1])
+    assert first == {"connected": True, "own_instance": True}
+    assert again == {"connected": False, "own_instance": False}  # Ray already up in this process
