@@ -32,7 +32,7 @@ from srum_ray.config.load import config_to_dict
 from srum_ray.config.schema import SrumConfig
 from srum_ray.data import SampleSpec
 from srum_ray.runtime.base import OnBatch, Runtime
-from srum_ray.runtime.stage_client import images_only
+from srum_ray.runtime.stage_client import StageClient, images_only
 from srum_ray.types import RolloutBatch
 
 log = logging.getLogger("srum_ray")
@@ -128,12 +128,21 @@ class RayRuntime(Runtime):
         self._serve_was_running = serve_running()
         # Serve apps are named per run so that two runs on one cluster do not collide
         self.serve_prefix = f"srum-{cfg.run.name}-{uuid.uuid4().hex[:6]}"
-        self.grounder = build_stage("grounder", cfg, name_prefix=self.serve_prefix)
-        self.judge = build_stage("judge", cfg, name_prefix=self.serve_prefix)
-        self.learner = LearnerGroup(cfg)
-        # every generator must be built before the first sync or generate
-        for g in self.generators:
-            g.call("weights_version")
+        self.grounder: StageClient | None = None
+        self.judge: StageClient | None = None
+        self.learner: Any = None
+        try:
+            self.grounder = build_stage("grounder", cfg, name_prefix=self.serve_prefix)
+            self.judge = build_stage("judge", cfg, name_prefix=self.serve_prefix)
+            self.learner = LearnerGroup(cfg)
+            # every generator must be built before the first sync or generate
+            for g in self.generators:
+                g.call("weights_version")
+        except BaseException:
+            # a role that fails to come up (a model that does not load in a replica) must not
+            # leave the roles already up behind: on a cluster, Serve apps outlive the driver
+            self.shutdown()
+            raise
         self.version = 0
         self.metrics: Any = None
         self._sync_ready = False
@@ -290,10 +299,11 @@ class RayRuntime(Runtime):
         # all it runs); closing each stage first would delete the apps one after the other. A
         # Ray instance this runtime started goes down whole with ray.shutdown(), Serve with it;
         # on a cluster it joined, Serve apps outlive the driver and must be deleted.
-        closers: tuple[Callable[[], None], ...] = (self.learner.shutdown,)
+        # (a runtime whose start-up failed closes the roles it has: the others are None)
+        closers: list[Callable[[], None]] = [self.learner.shutdown] if self.learner is not None else []
         if not self._ray.own_instance:
-            closers += (lambda: shutdown_pools(self.serve_prefix, stop_serve=not self._serve_was_running),)
-        closers += (self.grounder.release, self.judge.release)
+            closers.append(lambda: shutdown_pools(self.serve_prefix, stop_serve=not self._serve_was_running))
+        closers += [stage.release for stage in (self.grounder, self.judge) if stage is not None]
         for closer in closers:
             try:
                 closer()

@@ -202,3 +202,25 @@ def test_init_ray_tells_an_instance_it_started_from_one_already_there(tmp_path):
     first, again = json.loads(out.stdout.strip().splitlines()[-1])
     assert first == {"connected": True, "own_instance": True}
     assert again == {"connected": False, "own_instance": False}  # Ray already up in this process
+
+
+def test_a_role_that_fails_to_come_up_leaves_nothing_deployed(cluster, tmp_path, monkeypatch):
+    import actors.pools as pools
+    from ray import serve
+
+    real = pools.build_stage
+
+    def judge_fails(role, cfg, **kw):
+        if role == "judge":  # after the grounder's app is up
+            raise RuntimeError("judge replica: model did not load")
+        return real(role, cfg, **kw)
+
+    monkeypatch.setattr(pools, "build_stage", judge_fails)
+    cfg = cfg_for(tmp_path)
+    with pytest.raises(RuntimeError, match="model did not load"):
+        RayRuntime(cfg)
+    # the grounder app it had deployed is gone, and the Serve it started with it
+    apps = serve.status().applications if pools.serve_running() else {}
+    assert not [a for a in apps if a.startswith(f"srum-{cfg.run.name}-")], apps
+    assert not pools.serve_running()
+    assert ray.is_initialized()  # the test's own connection is not the runtime's to close
