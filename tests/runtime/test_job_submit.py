@@ -251,6 +251,23 @@ class LocalHead:
         shutil.rmtree(self.tmp, ignore_errors=True)
 
 
+def _serve_state(head: LocalHead) -> dict:
+    # the dashboard asks the Serve controller: slow while a job's Serve is starting
+    return json.loads(_get(f"{head.dashboard}/api/serve/applications/", timeout=30))
+
+
+def _assert_no_serve_left(head: LocalHead, wait_s: float = 20.0) -> None:
+    """No Serve app and no Serve controller on the cluster (within ``wait_s``)."""
+    deadline = time.monotonic() + wait_s
+    state = _serve_state(head)
+    while (state["applications"] or state["controller_info"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+        state = _serve_state(head)
+    assert state["applications"] == {} and state["controller_info"] == {}, (
+        f"Serve left on the cluster after the job: apps {sorted(state['applications'])}, "
+        f"controller {state['controller_info']}")
+
+
 @pytest.fixture(scope="module")
 def local_head():
     head = LocalHead()
@@ -299,15 +316,7 @@ def test_ray_job_submit_two_rounds(local_head, tmp_path):
 
     # the job's Serve apps (grounder and judge pools) do not outlive it on the cluster: the run
     # deletes them and stops the Serve it started (ray.shutdown() only disconnects a job's driver)
-    def serve_state() -> dict:
-        return json.loads(_get(f"{head.dashboard}/api/serve/applications/"))
-
-    t_left = time.monotonic() + 20
-    while (serve_state()["applications"] or serve_state()["controller_info"]) and time.monotonic() < t_left:
-        time.sleep(0.5)
-    left = serve_state()
-    assert left["applications"] == {} and left["controller_info"] == {}, (
-        f"Serve left on the cluster after the job: apps {sorted(left['applications'])}, controller {left['controller_info']}")
+    _assert_no_serve_left(head)
 
     # the run directory: two committed rounds, every sample drawn by the weights of its round
     runs = list(out.iterdir())
@@ -348,3 +357,32 @@ def test_ray_job_submit_two_rounds(local_head, tmp_path):
         f"srum series seen: {len(srum)}"
     )
     print("\n".join(x for x in output.splitlines() if "runtime up" in x or " done in " in x))
+
+
+@pytest.mark.slow
+def test_ray_job_stop_leaves_no_serve_pools(local_head, tmp_path):
+    """`ray job stop` sends the driver SIGTERM (then SIGKILL 3 s later): Ray's driver handler
+    turns it into SystemExit, so the run's shutdown deletes its pools and the Serve it started."""
+    head = local_head
+    sid = f"srum-test-{uuid.uuid4().hex[:8]}"
+    submit = [
+        head.ray, "job", "submit", "--no-wait", "--address", head.dashboard, "--submission-id", sid,
+        "--runtime-env", "cluster/runtime_env.yaml", "--working-dir", str(ROOT), "--",
+        "python", "-m", "srum_ray.train", "--config", "configs/ray_tiny.yaml", "run.rounds=1000",
+        f"run.output_dir={tmp_path / 'runs'}", "run.progress=false",
+    ]
+    subprocess.run(submit, cwd=ROOT, env=head.env, check=True, capture_output=True, timeout=120)
+    deadline = time.monotonic() + 180
+    while not any(a.startswith("srum-") for a in _serve_state(head)["applications"]):
+        if time.monotonic() > deadline:
+            logs = subprocess.run([head.ray, "job", "logs", "--address", head.dashboard, sid], env=head.env,
+                                  capture_output=True, text=True, timeout=30).stdout
+            subprocess.run([head.ray, "job", "stop", "--address", head.dashboard, sid], env=head.env,
+                           capture_output=True, timeout=60)
+            pytest.fail(f"job {sid} deployed no pool within 180 s:\n{logs[-4000:]}")
+        time.sleep(0.5)
+    stop = subprocess.run([head.ray, "job", "stop", "--address", head.dashboard, sid], env=head.env,
+                          capture_output=True, text=True, timeout=60)
+    assert stop.returncode == 0, stop.stdout + stop.stderr
+    assert json.loads(_get(f"{head.dashboard}/api/jobs/{sid}"))["status"] == "STOPPED"
+    _assert_no_serve_left(head)
