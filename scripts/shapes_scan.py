@@ -12,7 +12,9 @@ exact evaluator: one image per test prompt, the same seeds as ``srum-ray demo --
 ``--eval-guidance`` scores at a guidance scale other than the rollouts' (the rollouts use
 ``generation.guidance_scale``). ``--oracle`` trains on the exact evaluator's verdict instead of
 the judge's reward (``srum_ray.shapes.oracle``: a judge that is never wrong). Appends one JSON
-line per run to ``OUT/scan.jsonl`` and prints it. ``--arm base --generator FILE`` scores other
+line per run to ``OUT/scan.jsonl`` and prints it: accuracy per category, the share of
+constraints of each kind that hold, and what the images draw (objects per image, share of
+pixels drawn: self-training drift shows there first). ``--arm base --generator FILE`` scores other
 generator weights (e.g. ``train_umm --snapshot-every`` snapshots: the ground-truth curve).
 """
 
@@ -35,6 +37,7 @@ from srum_ray.shapes.demo import (  # noqa: E402
     run_arm,
     subsample,
 )
+from srum_ray.shapes.evaluate import drawn_objects  # noqa: E402
 from srum_ray.shapes.oracle import ORACLE_MODES, oracle_reward  # noqa: E402
 from srum_ray.shapes.splits import load_split_prompts  # noqa: E402
 
@@ -89,7 +92,8 @@ def main(argv: list[str] | None = None) -> dict:
         ev.load(load_file(args.generator))
     else:
         ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
-    acc, _ = ev.score(test)
+    acc, images = ev.score(test)
+    drawn = drawn_objects(images)
     t2 = time.perf_counter()
 
     globals_ = []
@@ -102,6 +106,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed, "overrides": args.overrides,
         "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
         "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
+        "constraints": {k: round(100 * v, 1) for k, v in acc["per_kind"].items()},
+        "objects_per_image": round(drawn["objects"], 2), "ink_percent": round(100 * drawn["ink"], 1),
         "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),
         "train_s": round(t1 - t0), "eval_s": round(t2 - t1),
     }

@@ -146,7 +146,7 @@ class DeepSpeedEngine(Engine):
             rows = slice(k * micro, (k + 1) * micro)
             x0, eps, t = x0_all[rows].to(dev), eps_all[rows].to(dev), t_all[rows].to(dev)
             cond = {key: v[rows].to(dev) for key, v in cond_all.items()}
-            v_pred = self.ds(noisy_latents(x0, eps, t), t, cond).float()
+            v_pred = self.ds(noisy_latents(x0, eps, t), t, cond, self.cfg.guidance_scale).float()
             loss = srum_flow_loss(
                 v_pred, velocity_target(x0, eps), batch.weights[rows].to(dev).float(), lambda_c
             )

@@ -72,17 +72,40 @@ class VelocityModule(torch.nn.Module):
         self.trainable = generator.trainable_module()
         self.__dict__["_generator"] = generator
 
-    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor]) -> torch.Tensor:
-        return self.__dict__["_generator"].predict_velocity(x_t, t, cond)
+    def forward(
+        self, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor], guidance_scale: float = 1.0
+    ) -> torch.Tensor:
+        return trained_velocity(self.__dict__["_generator"], x_t, t, cond, guidance_scale)
 
 
 def check_cond_dropout(generator: GenerationModel, cfg: TrainConfig) -> None:
-    """``train.cond_dropout`` needs a generator that knows its unconditional prompt."""
+    """``train.cond_dropout`` and ``train.guidance_scale`` need a generator that knows its
+    unconditional prompt."""
     if cfg.cond_dropout > 0 and not generator.supports_null_condition:
         raise ValueError(
             f"train.cond_dropout is {cfg.cond_dropout}, but {type(generator).__name__} has no "
             "unconditional prompt to drop to; set train.cond_dropout: 0"
         )
+    if cfg.guidance_scale > 1 and not generator.supports_null_condition:
+        raise ValueError(
+            f"train.guidance_scale is {cfg.guidance_scale}, but {type(generator).__name__} has no "
+            "unconditional prompt to guide against; set train.guidance_scale: 1"
+        )
+
+
+def trained_velocity(
+    generator: GenerationModel, x_t: torch.Tensor, t: torch.Tensor, cond: dict[str, torch.Tensor], scale: float
+) -> torch.Tensor:
+    """The velocity the loss trains (``train.guidance_scale``): the conditional prediction, or
+    for ``scale > 1`` the guided ``v_null + scale (v_cond - v_null)`` with ``v_null`` computed
+    without gradient (the unconditional branch is what guidance subtracts, held fixed)."""
+    v_cond = generator.predict_velocity(x_t, t, cond).float()
+    if scale <= 1.0:
+        return v_cond
+    with torch.no_grad():
+        null = generator.null_condition(cond, torch.ones(x_t.shape[0], dtype=torch.bool))
+        v_null = generator.predict_velocity(x_t, t, null).float()
+    return v_null + scale * (v_cond - v_null)
 
 
 def drop_conditions(
@@ -168,11 +191,13 @@ class TorchEngine(Engine):
         x_t = noisy_latents(x0, eps, t)
         target = velocity_target(x0, eps)
         cond = {k: v.to(dev) for k, v in drop_conditions(self.generator, batch.cond, drop).items()}
-        v_pred = self.generator.predict_velocity(x_t, t, cond).float()
+        v_pred = trained_velocity(self.generator, x_t, t, cond, self.cfg.guidance_scale)
         anchor = {}
         if self.anchor_state is not None:
             with torch.no_grad():
-                v_base = torch.func.functional_call(self.velocity, self.anchor_state, (x_t, t, cond)).float()
+                v_base = torch.func.functional_call(
+                    self.velocity, self.anchor_state, (x_t, t, cond, self.cfg.guidance_scale)
+                ).float()
             anchor = {"ref_pred": v_pred, "ref_target": v_base}
         loss = srum_flow_loss(v_pred, target, batch.weights.to(dev).float(), lambda_c, **anchor)
         self.optimizer.zero_grad(set_to_none=True)

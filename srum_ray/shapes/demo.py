@@ -35,7 +35,7 @@ from PIL import Image, ImageDraw
 from srum_ray.config.load import load_config
 from srum_ray.config.schema import SrumConfig
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
-from srum_ray.shapes.evaluate import EvalReport, evaluate
+from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE, EvalReport, evaluate
 from srum_ray.shapes.splits import SplitPrompt, load_split_prompts
 
 if TYPE_CHECKING:
@@ -290,6 +290,11 @@ satisfies every constraint (exact evaluator), in %. Wall time {seconds / 60:.1f}
 
 ## Seen vs held-out combinations (test)
 {format_table(tables, ["seen", "unseen", "overall"])}
+
+## Constraints that hold (test)
+{CONSTRAINTS_NOTE}
+
+{format_table({name: t["per_kind"] for name, t in tables.items()}, [k for k in CONSTRAINT_KINDS if k in tables["base"]["per_kind"]])}
 
 ## Validation accuracy after each round
 {chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_curve) for arm, r in results.items())}

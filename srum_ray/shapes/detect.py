@@ -290,6 +290,11 @@ def _describe(rgb: np.ndarray, rows: np.ndarray, cols: np.ndarray, colour_idx: i
     )
 
 
+def foreground_mask(image: Image.Image | np.ndarray) -> np.ndarray:
+    """``[H, W]`` bool: the pixels :func:`detect` reads as drawn (not background)."""
+    return _foreground(_to_array(image))
+
+
 def detect(image: Image.Image | np.ndarray) -> list[Detection]:
     """Objects in a shapes-world image, ordered by area (largest first).
 

@@ -33,11 +33,22 @@ from srum_ray.shapes.constraints import (
     Relation,
     relation_holds,
 )
-from srum_ray.shapes.detect import Detection, detect
+from srum_ray.shapes.detect import Detection, detect, foreground_mask
 
-__all__ = ["Detection", "EvalReport", "check", "check_detections", "correct", "detect", "evaluate"]
+__all__ = [
+    "CONSTRAINTS_NOTE", "CONSTRAINT_KINDS", "Detection", "EvalReport", "check", "check_detections", "correct",
+    "detect", "drawn_objects", "evaluate",
+]
 
 CONSTRAINT_KINDS = ("exists", "count", "relation")
+#: how to read a table of :attr:`EvalReport.per_kind` (the demo's report and docs/RESULTS.md)
+CONSTRAINTS_NOTE = (
+    "Share of the test prompts' constraints of each kind that the image satisfies, in %: exists = an "
+    "object with every attribute the prompt names is drawn; count = exactly that many such objects; "
+    "relation = one such object is left of / right of / above / below another. A graded view of the "
+    "same images: an image with most of its constraints right still counts as wrong in the accuracy "
+    "tables."
+)
 
 
 def _matches(q: ObjectQuery, d: Detection) -> bool:
@@ -144,3 +155,14 @@ def evaluate(specs: Sequence[PromptSpec], images: Sequence[Image.Image | np.ndar
         n_constraints={k: len(v) for k, v in kind_ok.items()},
         results=results,
     )
+
+
+def drawn_objects(images: Sequence[Image.Image | np.ndarray]) -> dict[str, float]:
+    """How much the images draw, whatever their prompts: ``objects``, the mean number of detections
+    per image, and ``ink``, the mean share of pixels the detector reads as drawn. Self-training
+    drift shows here first (objects blown up into blobs, or fading away)."""
+    if not images:
+        raise ValueError("drawn_objects needs at least one image")
+    counts = [len(detect(image)) for image in images]
+    ink = [float(np.mean(foreground_mask(image))) for image in images]
+    return {"objects": float(np.mean(counts)), "ink": float(np.mean(ink))}

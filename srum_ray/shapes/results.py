@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Sequence
 
 from srum_ray.shapes.constraints import CATEGORIES
+from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE
 
 #: a line in docs/RESULTS.md; what follows it is written by hand and kept on a rewrite
 KEEP_MARKER = "<!-- Written by hand below this line: kept when srum_ray.shapes.results rewrites this file. -->"
@@ -93,6 +94,33 @@ def aggregate(per_seed: list[dict]) -> dict:
                 if isinstance(value, (int, float)) or value is None:
                     out.setdefault(model, {}).setdefault(key, []).append(value)
     return out
+
+
+def constraint_lines(per_seed: list[dict]) -> list[str]:
+    """Markdown table of the share of constraints that hold per kind (mean ± sd over seeds), then
+    SRUM's per-kind change against the base and SFT with its per-seed values."""
+    per_kind: dict[str, dict[str, list[float]]] = {}
+    for res in per_seed:
+        for model, table in res["test"].items():
+            for kind, value in table.get("per_kind", {}).items():
+                per_kind.setdefault(model, {}).setdefault(kind, []).append(value)
+    kinds = [k for k in CONSTRAINT_KINDS if k in per_kind.get("base", {})]
+    if not kinds:
+        return []
+    lines = ["| model | " + " | ".join(kinds) + " |", "|---|" + "---|" * len(kinds)]
+    for m, by_kind in per_kind.items():
+        lines.append(f"| {m} | " + " | ".join(cell(by_kind[k]) if k in by_kind else "-" for k in kinds) + " |")
+    lines.append("")
+    for other in ("base", "sft"):
+        if "srum" not in per_kind or other not in per_kind:
+            continue
+        parts = []
+        for k in kinds:
+            d = [100 * (a - b) for a, b in zip(per_kind["srum"][k], per_kind[other][k])]
+            m, sd = mean_sd(d)
+            parts.append(f"{k} {m:+.1f} ± {sd:.1f} ({', '.join(f'{x:+.1f}' for x in d)})")
+        lines.append(f"- SRUM - {other}, points per kind (per seed): " + "; ".join(parts) + ".")
+    return lines
 
 
 def write_results(doc: Path, per_seed: list[dict], seeds: Sequence[int], command: str, config: str) -> str:
@@ -170,6 +198,11 @@ Reproduce:
 
 ## Seen vs held-out combinations (test)
 {chr(10).join(split_lines)}
+
+## Constraints that hold (test)
+{CONSTRAINTS_NOTE}
+
+{chr(10).join(constraint_lines(per_seed))}
 
 ## Understanding vs generation (base model)
 Understanding = agreement of the judge's whole-image verdict (score >= 0.75) with the truth (rendered:

@@ -204,3 +204,32 @@ def test_base_anchor_is_refused_before_deepspeed_starts():
     gen = TinyGenerator(cfg.model.tiny, cfg.generation)
     with pytest.raises(ValueError, match="train.ref_anchor: base is supported by train.engine: torch only"):
         DeepSpeedEngine(gen, dataclasses.replace(cfg.train, ref_anchor="base"))
+
+
+@pytest.mark.parametrize("stage", [1, 3])
+def test_guided_training_matches_torch_engine(stage):
+    import copy
+    import dataclasses
+
+    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
+
+    cfg = make_cfg(stage, "train.guidance_scale=2.5")
+    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
+    base = ShapesGenerator(small, dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0), seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
+        for prm in base.net.parameters():
+            prm.normal_(0.0, 0.2)
+    n = 4
+    out = base.generate([f"a red circle {i}" for i in range(n)], list(range(n)))
+    recs = [SampleRecord(id=str(i), round=0, prompt="p", seed=i, weights_version=0) for i in range(n)]
+    rows = RolloutBatch(recs, latents=out.latents, cond=out.cond, weights=torch.ones((n, 1, 16, 16)))
+    gen_t, gen_d = copy.deepcopy(base), copy.deepcopy(base)
+    ref = repeat_steps(TorchEngine(gen_t, cfg.train, 3), rows, 3)
+    got = repeat_steps(DeepSpeedEngine(gen_d, cfg.train, 3), rows, 3)
+    unguided = repeat_steps(TorchEngine(copy.deepcopy(base), dataclasses.replace(cfg.train, guidance_scale=1.0), 3), rows, 1)
+    # the scale reaches the loss: the gradient flows through w * v_cond (w = 2.5)
+    assert ref[0]["grad_norm"] > 2.0 * unguided[0]["grad_norm"]
+    for a, b in zip(ref, got):
+        for key in ("loss", "grad_norm"):
+            assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-7), key

@@ -149,3 +149,53 @@ def test_base_anchor_pulls_towards_the_starting_weights(cfg):
     gen2 = TinyGenerator(cfg.model.tiny, cfg.generation)
     m2 = TorchEngine(gen2, cfg.train).train_batch(make_batch(gen2, **zero_reward), lambda_c=0.5)
     assert m2["ref_term"] > 0.0
+
+
+def _random_shapes_generator(cfg):
+    import dataclasses
+
+    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
+
+    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
+    gen = ShapesGenerator(small, dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0), seed=0)
+    torch.manual_seed(0)
+    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
+        for prm in gen.net.parameters():
+            prm.normal_(0.0, 0.2)
+    return gen
+
+
+def test_guided_training_velocity_holds_the_unconditional_branch(cfg):
+    from srum_ray.learner.engine import trained_velocity
+
+    gen = _random_shapes_generator(cfg)
+    batch = make_batch(gen, n=3)
+    x_t, t = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0.2, 0.5, 0.9])
+    null = gen.null_condition(batch.cond, torch.ones(3, dtype=torch.bool))
+    params = list(gen.trainable_module().parameters())
+
+    def value_and_grads(fn):
+        out = fn()
+        grads = torch.autograd.grad(out.sum(), params, allow_unused=True)
+        return out.detach(), [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads)]
+
+    v_cond, g_cond = value_and_grads(lambda: gen.predict_velocity(x_t, t, batch.cond))
+    v_null = gen.predict_velocity(x_t, t, null).detach()
+    assert not torch.allclose(v_cond, v_null)  # the prompt matters, so the test can fail
+    v_1, g_1 = value_and_grads(lambda: trained_velocity(gen, x_t, t, batch.cond, 1.0))
+    torch.testing.assert_close(v_1, v_cond)
+    v_3, g_3 = value_and_grads(lambda: trained_velocity(gen, x_t, t, batch.cond, 3.0))
+    torch.testing.assert_close(v_3, v_null + 3.0 * (v_cond - v_null))
+    # the gradient reaches the weights through the conditional prediction only, scaled by w
+    # (float32 sums in another order: compared as whole vectors)
+    flat = lambda gs: torch.cat([g.flatten() for g in gs])  # noqa: E731
+    assert float((flat(g_3) - 3.0 * flat(g_cond)).norm() / (3.0 * flat(g_cond)).norm()) < 1e-5
+    assert float((flat(g_1) - flat(g_cond)).norm() / flat(g_cond).norm()) < 1e-5
+
+
+def test_guided_training_needs_an_unconditional_prompt(cfg):
+    import dataclasses
+
+    gen = TinyGenerator(cfg.model.tiny, cfg.generation)
+    with pytest.raises(ValueError, match="train.guidance_scale is 2.0, but TinyGenerator has no unconditional prompt"):
+        TorchEngine(gen, dataclasses.replace(cfg.train, guidance_scale=2.0))

@@ -46,6 +46,9 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
     assert res["val_curves"]["srum"][0] == res["val_curves"]["sft"][0]
     report = (out / "report.md").read_text()
     assert "| srum |" in report and "| sft |" in report and "| base |" in report
+    kinds = report.split("## Constraints that hold (test)", 1)[1]
+    assert "| model | exists |" in kinds
+    assert f"| srum | {100 * res['test']['srum']['per_kind']['exists']:.1f} |" in kinds
     for name in ("accuracy_per_round.png", "reward_maps_round_first.png", "reward_maps_round_last.png", "test_images.png"):
         assert Image.open(out / name).size[0] > 100
     # the SFT arm really trained with the plain flow loss, the SRUM arm with rewards

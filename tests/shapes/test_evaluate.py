@@ -222,3 +222,22 @@ def test_validation_on_ground_truth_and_wrong_scenes():
     assert soft_gt.overall >= 0.98, soft_gt.table()
     soft_wrong = evaluate(specs, [_degrade(im, 0.7, 6.0, nrng) for im in wrong_imgs])
     assert soft_wrong.overall <= 0.02, soft_wrong.table()
+
+
+def test_drawn_objects_counts_objects_and_ink():
+    from srum_ray.shapes.evaluate import drawn_objects
+
+    blank = Image.new("RGB", (CANVAS, CANVAS), BACKGROUND)
+    assert drawn_objects([blank]) == {"objects": 0.0, "ink": 0.0}
+    full = Image.new("RGB", (CANVAS, CANVAS), COLOURS["red"])
+    assert drawn_objects([full])["ink"] > 0.99  # all but the corners (the 3x3 vote at the border)
+    one = render(_scene(("square", "blue", "large", "solid", 20, 20)))
+    two = render(_scene(("square", "blue", "large", "solid", 20, 20), ("circle", "red", "small", "solid", 48, 48)))
+    got = drawn_objects([one, two])
+    assert got["objects"] == 1.5
+    # the ink is the pixels the objects cover: the one-object scene's share, plus the second's
+    share = lambda im: float(np.mean((np.asarray(im) != np.array(BACKGROUND, dtype=np.uint8)).any(-1)))  # noqa: E731
+    assert got["ink"] == pytest.approx((share(one) + share(two)) / 2, abs=0.01)
+    assert 0.0 < share(one) < share(two) < 0.5
+    with pytest.raises(ValueError, match="at least one image"):
+        drawn_objects([])

@@ -79,3 +79,27 @@ def test_rewrite_keeps_the_hand_written_sections(tmp_path):
 def test_fewer_seeds_still_write(tmp_path, seeds):
     text = write_results(tmp_path / "R.md", [_seed(k) for k in seeds], seeds, "cmd", "c.yaml")
     assert f"{len(seeds)} seeds" in text
+
+
+def test_constraint_table_and_srum_changes_per_kind(tmp_path):
+    per_seed = [_seed(k) for k in range(3)]
+    exists = {"base": [0.40, 0.45, 0.50], "sft": [0.38, 0.44, 0.47], "srum": [0.42, 0.48, 0.56]}
+    for k, res in enumerate(per_seed):
+        for arm, table in res["test"].items():
+            table["per_kind"] = {"exists": exists.get(arm, [0.3] * 3)[k], "relation": 0.1}
+    text = write_results(tmp_path / "RESULTS.md", per_seed, [0, 1, 2], "cmd", "configs/shapes.yaml")
+    section = text.split("## Constraints that hold (test)", 1)[1].split("## ", 1)[0]
+    assert "| model | exists | relation |" in section  # CONSTRAINT_KINDS order, kinds seen only
+    assert "| base | 45.0 ± 5.0 | 10.0 ± 0.0 |" in section
+    # srum - base: +2, +3, +6 -> +3.7 ± 2.1; srum - sft: +4, +4, +9 -> +5.7 ± 2.9
+    assert "SRUM - base, points per kind (per seed): exists +3.7 ± 2.1 (+2.0, +3.0, +6.0); relation +0.0 ± 0.0" in section
+    assert "SRUM - sft, points per kind (per seed): exists +5.7 ± 2.9 (+4.0, +4.0, +9.0)" in section
+
+
+def test_results_without_constraint_kinds_still_write(tmp_path):
+    per_seed = [_seed(k) for k in range(2)]
+    for res in per_seed:
+        for table in res["test"].values():
+            del table["per_kind"]
+    text = write_results(tmp_path / "RESULTS.md", per_seed, [0, 1], "cmd", "configs/shapes.yaml")
+    assert "## Constraints that hold (test)" in text and "| model | exists" not in text
