@@ -14,6 +14,8 @@ from srum_ray.learner.engine import TorchEngine
 from srum_ray.models.tiny import TinyGenerator
 from srum_ray.types import RolloutBatch, SampleRecord
 
+from ._shapes_gen import random_shapes_generator
+
 pytest.importorskip("deepspeed")
 
 DIST_VARS = ("MASTER_ADDR", "MASTER_PORT", "RANK", "WORLD_SIZE", "LOCAL_RANK", "DS_ACCELERATOR")
@@ -211,15 +213,8 @@ def test_guided_training_matches_torch_engine(stage):
     import copy
     import dataclasses
 
-    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
-
     cfg = make_cfg(stage, "train.guidance_scale=2.5")
-    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
-    base = ShapesGenerator(small, dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0), seed=0)
-    torch.manual_seed(0)
-    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
-        for prm in base.net.parameters():
-            prm.normal_(0.0, 0.2)
+    base = random_shapes_generator(cfg.generation)
     n = 4
     out = base.generate([f"a red circle {i}" for i in range(n)], list(range(n)))
     recs = [SampleRecord(id=str(i), round=0, prompt="p", seed=i, weights_version=0) for i in range(n)]

@@ -8,6 +8,8 @@ from srum_ray.learner.engine import TorchEngine, warmup_factor
 from srum_ray.models.tiny import TinyGenerator
 from srum_ray.types import RolloutBatch, SampleRecord
 
+from ._shapes_gen import random_shapes_generator
+
 
 @pytest.fixture
 def cfg():
@@ -95,15 +97,7 @@ def test_cond_dropout_trains_the_unconditional_prompt(cfg):
     import copy
     import dataclasses
 
-    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
-
-    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
-    gen_cfg = dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0)
-    base = ShapesGenerator(small, gen_cfg, seed=0)
-    torch.manual_seed(0)
-    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
-        for prm in base.net.parameters():
-            prm.normal_(0.0, 0.2)
+    base = random_shapes_generator(cfg.generation)
     batch = make_batch(base, n=6)
     null = RolloutBatch(batch.records, latents=batch.latents, cond=base.null_condition(batch.cond, torch.ones(6, dtype=torch.bool)), weights=batch.weights)
     assert (null.cond["words"] == base.tokenizer([""])).all()
@@ -151,24 +145,10 @@ def test_base_anchor_pulls_towards_the_starting_weights(cfg):
     assert m2["ref_term"] > 0.0
 
 
-def _random_shapes_generator(cfg):
-    import dataclasses
-
-    from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
-
-    small = ShapesNetConfig(width=32, depth=1, heads=2, conv_channels=(4, 8, 8))
-    gen = ShapesGenerator(small, dataclasses.replace(cfg.generation, num_inference_steps=2, guidance_scale=1.0), seed=0)
-    torch.manual_seed(0)
-    with torch.no_grad():  # away from the zero-initialized output, so the prompt matters
-        for prm in gen.net.parameters():
-            prm.normal_(0.0, 0.2)
-    return gen
-
-
 def test_guided_training_velocity_holds_the_unconditional_branch(cfg):
     from srum_ray.learner.engine import trained_velocity
 
-    gen = _random_shapes_generator(cfg)
+    gen = random_shapes_generator(cfg.generation)
     batch = make_batch(gen, n=3)
     x_t, t = torch.randn(batch.latents.shape, generator=torch.Generator().manual_seed(1)), torch.tensor([0.2, 0.5, 0.9])
     null = gen.null_condition(batch.cond, torch.ones(3, dtype=torch.bool))
