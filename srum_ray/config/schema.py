@@ -216,8 +216,9 @@ class TrainConfig:
     #: guidance scale w of the velocity the loss trains: 1 trains the conditional velocity
     #: v(x_t, t, c) (SPEC's loss as written); w > 1 trains the classifier-free-guided velocity
     #: v_null + w (v_cond - v_null) with the unconditional branch held fixed (no gradient), the
-    #: velocity that drew rollouts sampled at generation.guidance_scale = w, so training on them
-    #: cannot compound the guidance round after round; needs a generator with ``null_condition``
+    #: velocity that drew rollouts sampled at generation.guidance_scale = w, against guidance
+    #: compounding over rounds. Measured on the shapes world (docs/RESULTS.md): w = 3 over-corrects
+    #: (objects fade), w = 2 nearly removes the drift. Needs a generator with ``null_condition``
     guidance_scale: float = rng(1.0, ge=1.0)
 
 
