@@ -11,8 +11,9 @@
    scored on validation prompts (the accuracy-per-round plot); the last one, and the base
    weights, on the test prompts (seen and held-out combinations), one image per prompt with
    the same seeds for every arm.
-3. Writes into the demo directory: ``report.md`` (tables per category, per seen/unseen, and
-   the understanding-vs-generation gap of the base model), ``results.json``,
+3. Writes into the demo directory: ``report.md`` (tables per category, per seen/unseen and
+   per constraint kind, what the images draw next to the ground truth (self-training drift),
+   and the understanding-vs-generation gap of the base model), ``results.json``,
    ``accuracy_per_round.png``, ``reward_maps_round_first.png`` / ``..._last.png`` (the SRUM
    run's overlays: image, boxes, scores and reward map) and ``test_images.png`` (the same test
    prompts drawn by base, SFT and SRUM).
@@ -35,7 +36,7 @@ from PIL import Image, ImageDraw
 from srum_ray.config.load import load_config
 from srum_ray.config.schema import SrumConfig
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
-from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE, EvalReport, evaluate
+from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE, EvalReport, drawn_objects, evaluate
 from srum_ray.shapes.splits import SplitPrompt, load_split_prompts
 
 if TYPE_CHECKING:
@@ -84,6 +85,37 @@ def report_dict(report: EvalReport, prompts: Sequence[SplitPrompt]) -> dict:
         "unseen": float(np.mean(unseen)) if unseen else None,
         "per_kind": report.per_kind,
     }
+
+
+#: how to read the demo report's "What the images draw" table
+DRAWN_NOTE = (
+    "Whatever the prompt asks: objects = detections per image, drawn = share of the canvas the detector "
+    "reads as drawn, in %. Ground truth = one rendered scene per test prompt. Self-training drift shows "
+    "here before it shows in accuracy: objects blown up into blobs (drawn rises) or fading away "
+    "(drawn falls); see docs/RESULTS.md, \"What self-training draws\"."
+)
+
+
+def ground_truth_images(prompts: Sequence[SplitPrompt], seed: int) -> list[Image.Image]:
+    """One rendered scene per prompt that satisfies it, deterministic from ``seed``."""
+    import random
+
+    from srum_ray.shapes.render import render
+    from srum_ray.shapes.sampler import scene_for
+
+    rng = random.Random(f"shapes-demo/ground-truth/{seed}")
+    return [render(scene_for(p.spec, rng)) for p in prompts]
+
+
+def drawn_table(images: dict[str, Sequence[Image.Image]]) -> dict[str, dict[str, float]]:
+    """:func:`drawn_objects` of each model's images: ``{name: {objects, ink}}``."""
+    return {name: drawn_objects(imgs) for name, imgs in images.items()}
+
+
+def format_drawn_table(drawn: dict[str, dict[str, float]]) -> str:
+    lines = ["| images | objects | drawn |", "|---|---|---|"]
+    lines += [f"| {name} | {d['objects']:.2f} | {100 * d['ink']:.1f} |" for name, d in drawn.items()]
+    return "\n".join(lines)
 
 
 class Evaluator:
@@ -245,13 +277,17 @@ def run_demo(
     gap = understanding_vs_generation(ev.generator, und, [p.spec for p in test], seed, images=base_images)
 
     tables = {"base": base_test, **{arm: r.test for arm, r in results.items()}}
-    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start)
+    drawn = drawn_table({"ground truth": ground_truth_images(test, seed), **test_images})
+    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start, drawn)
     progress((demo_dir / "report.md").read_text())
     progress(f"[demo] wrote {demo_dir}")
     return demo_dir
 
 
-def write_outputs(demo_dir: Path, tables: dict, results: dict[str, ArmResult], gap: dict, test: list[SplitPrompt], test_images: dict, seed: int, seconds: float) -> None:
+def write_outputs(
+    demo_dir: Path, tables: dict, results: dict[str, ArmResult], gap: dict, test: list[SplitPrompt], test_images: dict,
+    seed: int, seconds: float, drawn: dict[str, dict[str, float]],
+) -> None:
     from srum_ray.shapes.measure import format_gap_table
     from srum_ray.viz import line_plot
 
@@ -275,6 +311,7 @@ def write_outputs(demo_dir: Path, tables: dict, results: dict[str, ArmResult], g
         "runs": {arm: r.run_dir for arm, r in results.items()},
         "arm_seconds": {arm: r.seconds for arm, r in results.items()},
         "gap": gap,
+        "drawn": drawn,
         "n_test": len(test),
     }
     (demo_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
@@ -295,6 +332,11 @@ satisfies every constraint (exact evaluator), in %. Wall time {seconds / 60:.1f}
 {CONSTRAINTS_NOTE}
 
 {format_table({name: t["per_kind"] for name, t in tables.items()}, [k for k in CONSTRAINT_KINDS if k in tables["base"]["per_kind"]])}
+
+## What the images draw (test)
+{DRAWN_NOTE}
+
+{format_drawn_table(drawn)}
 
 ## Validation accuracy after each round
 {chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_curve) for arm, r in results.items())}
