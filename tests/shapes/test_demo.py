@@ -9,21 +9,10 @@ from PIL import Image
 
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
-from srum_ray.models.shapes_understanding import ShapesUnderstanding
 from srum_ray.shapes import results as results_mod
 from srum_ray.shapes.demo import arm_overrides, ground_truth_images, run_demo, subsample
 from srum_ray.shapes.evaluate import drawn_objects, evaluate
 from srum_ray.shapes.splits import load_split_prompts
-
-SMALL = ShapesNetConfig(width=32, depth=1, heads=2, judge_width=32, judge_depth=1, judge_heads=2, conv_channels=(4, 8, 8))
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory):
-    root = tmp_path_factory.mktemp("shapes-umm")
-    ShapesGenerator(SMALL, GenerationConfig(), seed=1).save_pretrained(root)
-    ShapesUnderstanding(SMALL, seed=2).save_pretrained(root)
-    return root
 
 
 def tiny_overrides(checkpoint) -> list[str]:
