@@ -35,9 +35,9 @@ from srum_ray.shapes.demo import (  # noqa: E402
     arm_overrides,
     checkpoint_state,
     run_arm,
+    score_summary,
     subsample,
 )
-from srum_ray.shapes.evaluate import drawn_objects  # noqa: E402
 from srum_ray.shapes.oracle import ORACLE_MODES, oracle_reward  # noqa: E402
 from srum_ray.shapes.splits import load_split_prompts  # noqa: E402
 
@@ -92,8 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
         ev.load(load_file(args.generator))
     else:
         ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
-    acc, images = ev.score(test)
-    drawn = drawn_objects(images)
+    scored = score_summary(*ev.score(test))
     t2 = time.perf_counter()
 
     globals_ = []
@@ -105,9 +104,7 @@ def main(argv: list[str] | None = None) -> dict:
         "name": args.name, "arm": args.arm, "oracle": args.oracle, "generator": args.generator,
         "seed": args.seed, "overrides": args.overrides,
         "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
-        "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
-        "constraints": {k: round(100 * v, 1) for k, v in acc["per_kind"].items()},
-        "objects_per_image": round(drawn["objects"], 2), "ink_percent": round(100 * drawn["ink"], 1),
+        **scored,
         "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),
         "train_s": round(t1 - t0), "eval_s": round(t2 - t1),
     }

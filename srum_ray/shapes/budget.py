@@ -30,9 +30,8 @@ import time
 from pathlib import Path
 
 from srum_ray.config.load import load_config
-from srum_ray.shapes.demo import PROMPT_DIR, Evaluator, subsample
+from srum_ray.shapes.demo import PROMPT_DIR, Evaluator, score_summary, subsample
 from srum_ray.shapes.distil import finetune
-from srum_ray.shapes.evaluate import drawn_objects
 from srum_ray.shapes.render import render
 from srum_ray.shapes.sampler import scene_for
 from srum_ray.shapes.splits import load_split_prompts
@@ -49,13 +48,7 @@ def ground_truth_data(n: int, seed: int) -> tuple[list[str], list]:
 
 
 def _scored(ev: Evaluator, test) -> dict:
-    acc, images = ev.score(test)
-    drawn = drawn_objects(images)
-    return {
-        "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
-        "constraints": {k: round(100 * v, 1) for k, v in acc["per_kind"].items()},
-        "objects_per_image": round(drawn["objects"], 2), "ink_percent": round(100 * drawn["ink"], 1),
-    }
+    return score_summary(*ev.score(test))
 
 
 def main(argv: list[str] | None = None) -> dict:

@@ -118,6 +118,18 @@ def format_drawn_table(drawn: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
+def score_summary(acc: dict, images: Sequence[Image.Image]) -> dict:
+    """The rounded numbers a scan or budget line records for one scoring (:meth:`Evaluator.score`'s
+    output): accuracy per category and overall, constraints per kind (both in %), and what the
+    images draw (:func:`drawn_objects`)."""
+    drawn = drawn_objects(images)
+    return {
+        "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
+        "constraints": {k: round(100 * v, 1) for k, v in acc["per_kind"].items()},
+        "objects_per_image": round(drawn["objects"], 2), "ink_percent": round(100 * drawn["ink"], 1),
+    }
+
+
 class Evaluator:
     """Scores generator weights on given prompts with fixed seeds."""
 
