@@ -80,14 +80,33 @@ def degrade(image: Image.Image, rng: random.Random) -> Image.Image:
 
 
 class Corpus:
-    """Prompt sources for training: the train split and single-object captions."""
+    """Prompt sources for training: the train split and single-object captions.
 
-    def __init__(self, train: list[SplitPrompt], single_share: float) -> None:
+    ``caption_noise`` is the share of train-split examples whose scene is wrong in one thing
+    (:func:`wrong_scene_for`: an attribute, a count or a relation) while the caption stays the
+    prompt, as in web captions that misdescribe binding, counts or positions. A generator
+    trained on it draws the right scene and its one-off variants both, a preference the clean
+    understanding can correct; single-object captions stay clean.
+    """
+
+    def __init__(self, train: list[SplitPrompt], single_share: float, caption_noise: float = 0.0) -> None:
+        if not 0.0 <= caption_noise <= 1.0:
+            raise ValueError(f"caption_noise must be in [0, 1], got {caption_noise}")
         self.train = [p.spec for p in train]
+        self._train_texts = {s.text for s in self.train}
         self.single_share = single_share
+        self.caption_noise = caption_noise
 
     def draw(self, rng: random.Random) -> PromptSpec:
         return single_object_prompt(rng) if rng.random() < self.single_share else rng.choice(self.train)
+
+    def scene(self, spec: PromptSpec, rng: random.Random) -> Scene:
+        """The training scene for ``spec``: one satisfying it, or with probability
+        ``caption_noise`` (train-split prompts only) one wrong in one thing. Without noise the
+        draws are exactly :func:`scene_for`'s, so earlier runs repeat."""
+        if self.caption_noise > 0 and spec.text in self._train_texts and rng.random() < self.caption_noise:
+            return wrong_scene_for(spec, rng)[0]
+        return scene_for(spec, rng)
 
 
 def _lr_at(step: int, lr: float, warmup: int) -> float:
@@ -108,7 +127,7 @@ def train_generator(
     for step in range(steps):
         rng = random.Random(f"shapes-umm/gen/{seed}/{step}")
         specs = [corpus.draw(rng) for _ in range(batch)]
-        images = [render(scene_for(s, rng)) for s in specs]
+        images = [render(corpus.scene(s, rng)) for s in specs]
         x0 = gen.encode_images(images)
         words = gen.tokenizer([s.text for s in specs])
         drop = torch.tensor([rng.random() < 0.1 for _ in specs])
@@ -203,6 +222,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--judge-batch", type=int, default=128)
     ap.add_argument("--judge-lr", type=float, default=5e-4)
     ap.add_argument("--single-share", type=float, default=0.4, help="share of single-object captions in the data")
+    ap.add_argument("--caption-noise", type=float, default=0.0,
+                    help="share of train-split generator examples drawn wrong in one thing under the right caption")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
     ap.add_argument("--gen-init", default=None,
@@ -216,7 +237,7 @@ def main(argv: list[str] | None = None) -> int:
     torch.use_deterministic_algorithms(True)
     out = Path(args.out)
     splits = make_splits(0)
-    corpus = Corpus(splits["train"], args.single_share)
+    corpus = Corpus(splits["train"], args.single_share, args.caption_noise)
     cfg = ShapesNetConfig()
     log_path = out / "train.log"
     out.mkdir(parents=True, exist_ok=True)
@@ -227,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
             f.write(msg + "\n")
 
     common = {"net": asdict(cfg), "torch": torch.__version__, "seed": args.seed,
-              "data": {"train_prompts": len(corpus.train), "single_object_share": args.single_share}}
+              "data": {"train_prompts": len(corpus.train), "single_object_share": args.single_share,
+                       "caption_noise": args.caption_noise}}
 
     def update_card(**entries) -> dict:
         """card.json with ``entries`` set (read just before writing: a part trained by another

@@ -25,7 +25,7 @@ from srum_ray.models.shapes_understanding import (
 from srum_ray.shapes.grammar import parse_prompt, sample_prompt
 from srum_ray.shapes.constraints import CATEGORIES, Count, Exists, ObjectQuery, Relation
 from srum_ray.shapes.render import object_mask, render
-from srum_ray.shapes.sampler import scene_for
+from srum_ray.shapes.sampler import satisfies, scene_for
 from srum_ray.shapes.splits import make_splits
 from srum_ray.shapes.train_umm import Corpus, region_examples, single_object_prompt, train_generator, train_understanding
 from srum_ray.types import MISSING, PARSED, Box
@@ -217,6 +217,28 @@ def test_training_is_deterministic_and_lowers_the_loss(splits):
     first = train_understanding(und, corpus, steps=1, batch=16, lr=3e-3, seed=0, warmup=1, log=lambda m: None)
     later = train_understanding(und, corpus, steps=25, batch=16, lr=3e-3, seed=1, warmup=1, log=lambda m: None)
     assert later["final_loss"] < first["final_loss"]
+
+
+def test_caption_noise_draws_one_off_scenes_for_train_prompts_only(splits):
+    clean, noisy = Corpus(splits["train"], 0.5), Corpus(splits["train"], 0.5, caption_noise=1.0)
+    rng = random.Random(0)
+    specs = [clean.draw(rng) for _ in range(40)]
+    singles = [s for s in specs if s.text not in {p.spec.text for p in splits["train"]}]
+    assert 0 < len(singles) < len(specs)
+    # noise 1: every train-split prompt gets a scene wrong in one thing, single objects stay right
+    rng = random.Random(1)
+    for s in specs:
+        assert satisfies(s, noisy.scene(s, rng)) == (s in singles)
+    # noise 0: exactly scene_for's draws, so runs before the option repeat
+    a, b = random.Random(2), random.Random(2)
+    assert [clean.scene(s, a) for s in specs] == [scene_for(s, b) for s in specs]
+    # a share in between: both kinds, at about that rate
+    half = Corpus(splits["train"], 0.0, caption_noise=0.5)
+    rng = random.Random(3)
+    right = [satisfies(s, half.scene(s, rng)) for s in half.train * 4]
+    assert 0.35 <= sum(right) / len(right) <= 0.65
+    with pytest.raises(ValueError, match="caption_noise"):
+        Corpus(splits["train"], 0.5, caption_noise=1.5)
 
 
 def test_region_examples_describe_the_object_in_the_box(splits):
