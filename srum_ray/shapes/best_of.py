@@ -25,10 +25,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+from tqdm.auto import tqdm
 
 from srum_ray.models.base import GenerationModel, UnderstandingModel
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
@@ -59,7 +61,7 @@ def best_of_k(
     flat_texts = [sp.text for sp in specs for _ in range(k)]
     flat_seeds = [s for row in seeds for s in row]
     images = []
-    for s in range(0, len(flat_texts), batch_size):
+    for s in tqdm(range(0, len(flat_texts), batch_size), desc=f"best-of-{k} sampling", unit="batch", file=sys.stderr, disable=None):
         images += generator.generate(flat_texts[s : s + batch_size], flat_seeds[s : s + batch_size]).images
     scores = global_scores(understanding, flat_texts, images, batch_size)
     per_prompt = []

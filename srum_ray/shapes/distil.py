@@ -29,12 +29,14 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from srum_ray.config.schema import TrainConfig
 from srum_ray.models.base import GenerationModel
@@ -81,7 +83,9 @@ def finetune(
     records = [SampleRecord(id=f"d{i}", round=0, prompt=t, seed=i, weights_version=0) for i, t in enumerate(texts)]
     data = RolloutBatch(records, latents, generator.encode_prompts(list(texts)),
                         torch.ones(len(texts), 1, *latents.shape[2:]))
-    losses = [engine.train_batch(data.select(rows), 0.0)["loss"] for rows in plan_steps(list(range(len(texts))), steps, batch, random.Random(seed))]
+    plan = plan_steps(list(range(len(texts))), steps, batch, random.Random(seed))
+    losses = [engine.train_batch(data.select(rows), 0.0)["loss"]
+              for rows in tqdm(plan, desc="fine-tuning", unit="step", file=sys.stderr, disable=None)]
     generator.trainable_module().eval()
     return losses
 
