@@ -86,9 +86,9 @@ class Corpus:
 
     ``caption_noise`` is the share of train-split examples whose scene is wrong in one thing
     (:func:`wrong_scene_for`: an attribute, a count or a relation) while the caption stays the
-    prompt, as in web captions that misdescribe binding, counts or positions. A generator
-    trained on it draws the right scene and its one-off variants both, a preference the clean
-    understanding can correct; single-object captions stay clean.
+    prompt, as in web captions that misdescribe binding, counts or positions; single-object
+    captions stay clean. A generator trained on it learns the one-off variants too, which shows
+    without guidance and hardly at guidance 3 (docs/RESULTS.md, "A noisy-caption base").
     """
 
     def __init__(self, train: list[SplitPrompt], single_share: float, caption_noise: float = 0.0) -> None:
