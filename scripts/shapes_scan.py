@@ -29,6 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from srum_ray.config.load import load_config  # noqa: E402
+from srum_ray.runtime.local import apply_cpu_threads  # noqa: E402
 from srum_ray.shapes.demo import (  # noqa: E402
     PROMPT_DIR,
     Evaluator,
@@ -76,10 +77,7 @@ def main(argv: list[str] | None = None) -> dict:
         eval_overrides.append(f"generation.guidance_scale={args.eval_guidance}")
     eval_cfg = load_config(args.config, eval_overrides)
 
-    if cfg.run.cpu_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.run.cpu_threads)
+    apply_cpu_threads(cfg)
     t0 = time.perf_counter()
     reward_fn = oracle_reward(args.oracle) if args.oracle else None
     run_dir = None if args.arm == "base" else run_arm(cfg, reward_fn)

@@ -175,3 +175,17 @@ def test_batch_size_does_not_change_the_round(straight, tmp_path):
     a, b = samples(other, 0), samples(straight, 0)
     assert [x["global_score"] for x in a] == [x["global_score"] for x in b]
     assert [x["boxes"] for x in a] == [x["boxes"] for x in b]
+
+
+def test_cpu_threads_is_applied_and_zero_leaves_torchs_default():
+    from srum_ray.runtime.local import apply_cpu_threads
+
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        apply_cpu_threads(load_config(None, ["run.cpu_threads=0"]))
+        assert torch.get_num_threads() == 2
+        apply_cpu_threads(load_config(None, ["run.cpu_threads=1"]))
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

@@ -56,10 +56,15 @@ class Roles:
     engine: Engine
 
 
-def build_roles(cfg: SrumConfig, device: str) -> Roles:
-    """Build the model, grounder, filter, judge and learner engine from config."""
+def apply_cpu_threads(cfg: SrumConfig) -> None:
+    """Set torch's intra-op thread count to ``run.cpu_threads`` (0: leave torch's default)."""
     if cfg.run.cpu_threads:
         torch.set_num_threads(cfg.run.cpu_threads)
+
+
+def build_roles(cfg: SrumConfig, device: str) -> Roles:
+    """Build the model, grounder, filter, judge and learner engine from config."""
+    apply_cpu_threads(cfg)
     t0 = time.perf_counter()
     try:
         model = build_model(cfg.model, cfg.generation, device=device, dtype=DTYPES[cfg.run.dtype])

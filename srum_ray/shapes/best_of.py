@@ -87,14 +87,12 @@ def best_of_k(
 def load_model(config: str, overrides: Sequence[str]) -> tuple:
     """``(cfg, model)``: the config with overrides, the thread count it asks for set, and its
     unified model built on CPU (what the shapes diagnostics run on)."""
-    import torch
-
     from srum_ray.config.load import load_config
     from srum_ray.models.registry import build_model
+    from srum_ray.runtime.local import apply_cpu_threads
 
     cfg = load_config(config, list(overrides))
-    if cfg.run.cpu_threads > 0:
-        torch.set_num_threads(cfg.run.cpu_threads)
+    apply_cpu_threads(cfg)
     return cfg, build_model(cfg.model, cfg.generation, "cpu")
 
 

@@ -30,6 +30,7 @@ import time
 from pathlib import Path
 
 from srum_ray.config.load import load_config
+from srum_ray.runtime.local import apply_cpu_threads
 from srum_ray.shapes.demo import PROMPT_DIR, Evaluator, score_summary, subsample
 from srum_ray.shapes.distil import finetune
 from srum_ray.shapes.render import render
@@ -45,10 +46,6 @@ def ground_truth_data(n: int, seed: int) -> tuple[list[str], list]:
     rng = random.Random(f"shapes-budget/{seed}")
     specs = [rng.choice(train).spec for _ in range(n)]
     return [s.text for s in specs], [render(scene_for(s, rng)) for s in specs]
-
-
-def _scored(ev: Evaluator, test) -> dict:
-    return score_summary(*ev.score(test))
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -69,19 +66,16 @@ def main(argv: list[str] | None = None) -> dict:
     n_images = args.images if args.images is not None else cfg.run.rounds * cfg.data.prompts_per_round * cfg.data.images_per_prompt
     if steps < 1 or n_images < 1 or args.test_prompts < 1 or lr <= 0:
         ap.error(f"--steps, --images and --test-prompts must be at least 1 and --lr above 0 (got {steps}, {n_images}, {args.test_prompts}, {lr})")
-    if cfg.run.cpu_threads > 0:
-        import torch
-
-        torch.set_num_threads(cfg.run.cpu_threads)
+    apply_cpu_threads(cfg)
 
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), args.test_prompts)
     ev = Evaluator(cfg, args.seed)
     t0 = time.perf_counter()
-    before = _scored(ev, test)
+    before = score_summary(*ev.score(test))
     texts, images = ground_truth_data(n_images, args.seed)
     losses = finetune(ev.generator, texts, images, steps=steps, lr=lr, batch=cfg.train.batch_size,
                       timestep_shift=cfg.train.timestep_shift, seed=args.seed)
-    after = _scored(ev, test)
+    after = score_summary(*ev.score(test))
     line = {
         "config": args.config, "overrides": args.overrides, "checkpoint": cfg.model.checkpoint, "seed": args.seed,
         "steps": steps, "lr": lr, "batch": cfg.train.batch_size, "images": n_images, "n_test": len(test),
