@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
         ev.load(load_file(args.generator))
     else:
         ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
-    scored = score_summary(*ev.score(test))
+    scored = score_summary(ev.score(test)[0])
     t2 = time.perf_counter()
 
     globals_ = []

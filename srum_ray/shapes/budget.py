@@ -71,11 +71,11 @@ def main(argv: list[str] | None = None) -> dict:
     test = subsample(load_split_prompts(PROMPT_DIR / "test.jsonl"), args.test_prompts)
     ev = Evaluator(cfg, args.seed)
     t0 = time.perf_counter()
-    before = score_summary(*ev.score(test))
+    before = score_summary(ev.score(test)[0])
     texts, images = ground_truth_data(n_images, args.seed)
     losses = finetune(ev.generator, texts, images, steps=steps, lr=lr, batch=cfg.train.batch_size,
                       timestep_shift=cfg.train.timestep_shift, seed=args.seed)
-    after = score_summary(*ev.score(test))
+    after = score_summary(ev.score(test)[0])
     line = {
         "config": args.config, "overrides": args.overrides, "checkpoint": cfg.model.checkpoint, "seed": args.seed,
         "steps": steps, "lr": lr, "batch": cfg.train.batch_size, "images": n_images, "n_test": len(test),

@@ -8,15 +8,17 @@
    and any ablation name (``sample_level``, ``binarized``, ``no_global``, ``no_constraint``)
    sets that ablation. ``--seed`` sets ``run.seed`` (prompts, sampling and training noise).
 2. Every arm's checkpoint after every round is loaded into a generator in this process and
-   scored on validation prompts (the accuracy-per-round plot); the last one, and the base
-   weights, on the test prompts (seen and held-out combinations), one image per prompt with
-   the same seeds for every arm.
+   scored on validation prompts (the accuracy-per-round plot, and the share of the canvas drawn
+   per round: a round that draws more than :data:`DRIFT_RATIO` times the base's share, or less
+   than its inverse, gets a drift warning on the console and in the report); the last one, and
+   the base weights, on the test prompts (seen and held-out combinations), one image per prompt
+   with the same seeds for every arm.
 3. Writes into the demo directory: ``report.md`` (tables per category, per seen/unseen and
    per constraint kind, what the images draw next to the ground truth (self-training drift),
    and the understanding-vs-generation gap of the base model), ``results.json``,
-   ``accuracy_per_round.png``, ``reward_maps_round_first.png`` / ``..._last.png`` (the SRUM
-   run's overlays: image, boxes, scores and reward map) and ``test_images.png`` (the same test
-   prompts drawn by base, SFT and SRUM).
+   ``accuracy_per_round.png``, ``drawn_per_round.png``, ``reward_maps_round_first.png`` /
+   ``..._last.png`` (the SRUM run's overlays: image, boxes, scores and reward map) and
+   ``test_images.png`` (the same test prompts drawn by base, SFT and SRUM).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ from PIL import Image, ImageDraw
 from srum_ray.config.load import load_config
 from srum_ray.config.schema import SrumConfig
 from srum_ray.shapes.constraints import CATEGORIES, PromptSpec
-from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE, EvalReport, drawn_objects, evaluate
+from srum_ray.shapes.evaluate import CONSTRAINT_KINDS, CONSTRAINTS_NOTE, EvalReport, drawn_objects
 from srum_ray.shapes.splits import SplitPrompt, load_split_prompts
 
 if TYPE_CHECKING:
@@ -55,6 +57,10 @@ class ArmResult:
     run_dir: str | None
     #: (round index after which the weights were taken, val accuracy); round -1 = base
     val_curve: list[tuple[int, float]] = field(default_factory=list)
+    #: (round index, share of the canvas drawn on the same validation images); round -1 = base
+    val_drawn: list[tuple[int, float]] = field(default_factory=list)
+    #: drift warnings (:func:`drift_warning`) raised while scoring the rounds
+    warnings: list[str] = field(default_factory=list)
     test: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -75,6 +81,9 @@ def subsample(prompts: Sequence[SplitPrompt], n: int) -> list[SplitPrompt]:
 
 
 def report_dict(report: EvalReport, prompts: Sequence[SplitPrompt]) -> dict:
+    """The numbers of one scoring, as ``results.json`` keeps them: accuracy per category, overall
+    and per seen / unseen; constraints per kind; what the images draw; and ``correct``, whether
+    each prompt's image satisfies it (in the prompts' order)."""
     ok = [all(r) for r in report.results]
     seen = [o for o, p in zip(ok, prompts) if not p.unseen]
     unseen = [o for o, p in zip(ok, prompts) if p.unseen]
@@ -84,6 +93,8 @@ def report_dict(report: EvalReport, prompts: Sequence[SplitPrompt]) -> dict:
         "seen": float(np.mean(seen)) if seen else None,
         "unseen": float(np.mean(unseen)) if unseen else None,
         "per_kind": report.per_kind,
+        "drawn": report.drawn,
+        "correct": ok,
     }
 
 
@@ -94,6 +105,24 @@ DRAWN_NOTE = (
     "here before it shows in accuracy: objects blown up into blobs (drawn rises) or fading away "
     "(drawn falls); see docs/RESULTS.md, \"What self-training draws\"."
 )
+
+
+#: a round whose weights draw more than this many times the base's share of the canvas on the
+#: validation prompts (or less than its inverse) gets a drift warning
+DRIFT_RATIO = 1.5
+
+
+def drift_warning(arm: str, r: int, ink: float, base_ink: float) -> str | None:
+    """A warning line when round ``r``'s weights draw ``ink`` of the canvas against ``base_ink``
+    for the base weights beyond :data:`DRIFT_RATIO` either way; None otherwise."""
+    if base_ink <= 0.0:
+        return None if ink <= 0.0 else f"{arm} after round {r} draws {100 * ink:.1f}% of the canvas; the base draws nothing"
+    ratio = ink / base_ink
+    if 1 / DRIFT_RATIO <= ratio <= DRIFT_RATIO:
+        return None
+    what = "objects blown up into blobs" if ratio > 1 else "objects fading away"
+    return (f"{arm} after round {r} draws {100 * ink:.1f}% of the canvas against {100 * base_ink:.1f}% for the "
+            f"base ({ratio:.1f}x): self-training drift, {what} (docs/RESULTS.md, \"What self-training draws\")")
 
 
 def ground_truth_images(prompts: Sequence[SplitPrompt], seed: int) -> list[Image.Image]:
@@ -107,22 +136,17 @@ def ground_truth_images(prompts: Sequence[SplitPrompt], seed: int) -> list[Image
     return [render(scene_for(p.spec, rng)) for p in prompts]
 
 
-def drawn_table(images: dict[str, Sequence[Image.Image]]) -> dict[str, dict[str, float]]:
-    """:func:`drawn_objects` of each model's images: ``{name: {objects, ink}}``."""
-    return {name: drawn_objects(imgs) for name, imgs in images.items()}
-
-
 def format_drawn_table(drawn: dict[str, dict[str, float]]) -> str:
     lines = ["| images | objects | drawn |", "|---|---|---|"]
     lines += [f"| {name} | {d['objects']:.2f} | {100 * d['ink']:.1f} |" for name, d in drawn.items()]
     return "\n".join(lines)
 
 
-def score_summary(acc: dict, images: Sequence[Image.Image]) -> dict:
-    """The rounded numbers a scan or budget line records for one scoring (:meth:`Evaluator.score`'s
-    output): accuracy per category and overall, constraints per kind (both in %), and what the
-    images draw (:func:`drawn_objects`)."""
-    drawn = drawn_objects(images)
+def score_summary(acc: dict) -> dict:
+    """The rounded numbers a scan or budget line records for one scoring (:func:`report_dict`):
+    accuracy per category and overall, constraints per kind (both in %), and what the images
+    draw."""
+    drawn = acc["drawn"]
     return {
         "accuracy": {k: round(100 * v, 1) for k, v in acc.items() if isinstance(v, float)},
         "constraints": {k: round(100 * v, 1) for k, v in acc["per_kind"].items()},
@@ -268,17 +292,26 @@ def run_demo(
     ev = Evaluator(base_cfg, seed)
     ev.load(None)
     base_val, _ = ev.score(val)
+    base_ink = base_val["drawn"]["ink"]
     base_test, base_images = ev.score(test)
     test_images = {"base": base_images}
     for arm, res in results.items():
         run_dir = Path(res.run_dir)
         rounds = cfgs[arm].run.rounds
         res.val_curve = [(-1, base_val["overall"])]
+        res.val_drawn = [(-1, base_ink)]
         for r in range(rounds):
             ev.load(checkpoint_state(run_dir, r))
             acc, _ = ev.score(val)
+            ink = acc["drawn"]["ink"]
             res.val_curve.append((r, acc["overall"]))
-            progress(f"[demo] {arm} after round {r}: validation accuracy {100 * acc['overall']:.1f}%")
+            res.val_drawn.append((r, ink))
+            progress(f"[demo] {arm} after round {r}: validation accuracy {100 * acc['overall']:.1f}%, "
+                     f"{100 * ink:.1f}% of the canvas drawn (base {100 * base_ink:.1f}%)")
+            warning = drift_warning(arm, r, ink, base_ink)
+            if warning is not None:
+                res.warnings.append(warning)
+                progress(f"[demo] warning: {warning}")
         res.test, test_images[arm] = ev.score(test)
 
     # the understanding-vs-generation gap of the base model, on the same test prompts
@@ -289,8 +322,9 @@ def run_demo(
     gap = understanding_vs_generation(ev.generator, und, [p.spec for p in test], seed, images=base_images)
 
     tables = {"base": base_test, **{arm: r.test for arm, r in results.items()}}
-    drawn = drawn_table({"ground truth": ground_truth_images(test, seed), **test_images})
-    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start, drawn)
+    drawn = {"ground truth": drawn_objects(ground_truth_images(test, seed)), **{n: t["drawn"] for n, t in tables.items()}}
+    val_truth_ink = drawn_objects(ground_truth_images(val, seed))["ink"]
+    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start, drawn, val_truth_ink)
     progress((demo_dir / "report.md").read_text())
     progress(f"[demo] wrote {demo_dir}")
     return demo_dir
@@ -298,7 +332,7 @@ def run_demo(
 
 def write_outputs(
     demo_dir: Path, tables: dict, results: dict[str, ArmResult], gap: dict, test: list[SplitPrompt], test_images: dict,
-    seed: int, seconds: float, drawn: dict[str, dict[str, float]],
+    seed: int, seconds: float, drawn: dict[str, dict[str, float]], val_truth_ink: float,
 ) -> None:
     from srum_ray.shapes.measure import format_gap_table
     from srum_ray.viz import line_plot
@@ -306,13 +340,17 @@ def write_outputs(
     keys = [c for c in CATEGORIES if c in tables["base"]] + ["overall"]
     series = {arm: [(float(r + 1), acc) for r, acc in res.val_curve] for arm, res in results.items()}
     line_plot(series, title="validation accuracy (exact evaluator) after each round; 0 = base", x_label="round", y_label="accuracy").save(demo_dir / "accuracy_per_round.png")
+    ink_series = {arm: [(float(r + 1), 100 * ink) for r, ink in res.val_drawn] for arm, res in results.items()}
+    n_points = max((len(v) for v in ink_series.values()), default=1)
+    ink_series["ground truth"] = [(0.0, 100 * val_truth_ink), (float(max(1, n_points - 1)), 100 * val_truth_ink)]
+    line_plot(ink_series, title="share of the canvas drawn (validation) after each round; 0 = base", x_label="round", y_label="% drawn").save(demo_dir / "drawn_per_round.png")
     if "srum" in results:
         run_dir = Path(results["srum"].run_dir)
         rounds = sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]"))
         if rounds:
             shutil.copyfile(rounds[0] / "overview.png", demo_dir / "reward_maps_round_first.png")
             shutil.copyfile(rounds[-1] / "overview.png", demo_dir / "reward_maps_round_last.png")
-    ok = {name: [all(r) for r in evaluate([p.spec for p in test], imgs).results] for name, imgs in test_images.items()}
+    ok = {name: tables[name]["correct"] for name in test_images}
     comparison_sheet([p.spec for p in test[:: max(1, len(test) // 12)]], {k: v[:: max(1, len(test) // 12)] for k, v in test_images.items()}, {k: v[:: max(1, len(test) // 12)] for k, v in ok.items()}).save(demo_dir / "test_images.png")
 
     payload = {
@@ -320,6 +358,9 @@ def write_outputs(
         "seconds": seconds,
         "test": tables,
         "val_curves": {arm: r.val_curve for arm, r in results.items()},
+        "val_drawn": {arm: r.val_drawn for arm, r in results.items()},
+        "val_drawn_ground_truth": val_truth_ink,
+        "warnings": [w for r in results.values() for w in r.warnings],
         "runs": {arm: r.run_dir for arm, r in results.items()},
         "arm_seconds": {arm: r.seconds for arm, r in results.items()},
         "gap": gap,
@@ -328,6 +369,9 @@ def write_outputs(
     }
     (demo_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     n_unseen = sum(p.unseen for p in test)
+    warnings = [w for r in results.values() for w in r.warnings]
+    drift_lines = "\n" + ("\n".join(f"- Drift warning: {w}" for w in warnings) if warnings else (
+        f"No round's weights drew more than {DRIFT_RATIO}x, or less than 1/{DRIFT_RATIO}, of the base's share."))
     text = f"""# shapes-world demo (seed {seed})
 
 Test prompts: {len(test)} ({len(test) - n_unseen} seen, {n_unseen} with held-out combinations);
@@ -350,9 +394,13 @@ satisfies every constraint (exact evaluator), in %. Wall time {seconds / 60:.1f}
 
 {format_drawn_table(drawn)}
 
-## Validation accuracy after each round
+## Validation after each round
+Accuracy (first value: base weights), plot: accuracy_per_round.png
 {chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_curve) for arm, r in results.items())}
-(first value: base weights), plot: accuracy_per_round.png
+
+Share of the canvas drawn, in % (ground truth {100 * val_truth_ink:.1f}), plot: drawn_per_round.png
+{chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_drawn) for arm, r in results.items())}
+{drift_lines}
 
 ## Understanding vs generation (base model, test prompts)
 {format_gap_table(gap)}

@@ -107,6 +107,8 @@ class EvalReport:
         n_prompts: category -> number of prompts.
         n_constraints: kind -> number of constraints.
         results: per prompt, the per-constraint bools, in input order.
+        drawn: what the images draw whatever their prompts, as :func:`drawn_objects` measures it
+            (``objects`` per image, ``ink`` share of the canvas), from the same detections.
     """
 
     per_category: dict[str, float]
@@ -115,6 +117,7 @@ class EvalReport:
     n_prompts: dict[str, int]
     n_constraints: dict[str, int]
     results: list[list[bool]] = field(default_factory=list, repr=False)
+    drawn: dict[str, float] = field(default_factory=dict)
 
     def table(self) -> str:
         """Plain-text table: one row per category, the overall row, then one per constraint kind."""
@@ -141,8 +144,11 @@ def evaluate(specs: Sequence[PromptSpec], images: Sequence[Image.Image | np.ndar
     cat_ok: dict[str, list[bool]] = {}
     kind_ok: dict[str, list[bool]] = {}
     results = []
+    counts: list[int] = []
     for spec, image in zip(specs, images):
-        res = check(spec, image)
+        detections = detect(image)
+        counts.append(len(detections))
+        res = check_detections(spec, detections)
         results.append(res)
         cat_ok.setdefault(spec.category, []).append(all(res))
         for c, ok in zip(spec.constraints, res):
@@ -154,6 +160,7 @@ def evaluate(specs: Sequence[PromptSpec], images: Sequence[Image.Image | np.ndar
         n_prompts={k: len(v) for k, v in cat_ok.items()},
         n_constraints={k: len(v) for k, v in kind_ok.items()},
         results=results,
+        drawn=_drawn(counts, images),
     )
 
 
@@ -163,6 +170,9 @@ def drawn_objects(images: Sequence[Image.Image | np.ndarray]) -> dict[str, float
     drift shows here first (objects blown up into blobs, or fading away)."""
     if not images:
         raise ValueError("drawn_objects needs at least one image")
-    counts = [len(detect(image)) for image in images]
+    return _drawn([len(detect(image)) for image in images], images)
+
+
+def _drawn(counts: Sequence[int], images: Sequence[Image.Image | np.ndarray]) -> dict[str, float]:
     ink = [float(np.mean(foreground_mask(image))) for image in images]
     return {"objects": float(np.mean(counts)), "ink": float(np.mean(ink))}

@@ -10,7 +10,7 @@ from PIL import Image
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
 from srum_ray.shapes import results as results_mod
-from srum_ray.shapes.demo import arm_overrides, ground_truth_images, run_demo, subsample
+from srum_ray.shapes.demo import DRIFT_RATIO, arm_overrides, drift_warning, ground_truth_images, run_demo, subsample
 from srum_ray.shapes.evaluate import drawn_objects, evaluate
 from srum_ray.shapes.splits import load_split_prompts
 
@@ -48,12 +48,36 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
     drawn = report.split("## What the images draw (test)", 1)[1]
     for name, d in res["drawn"].items():
         assert f"| {name} | {d['objects']:.2f} | {100 * d['ink']:.1f} |" in drawn
-    for name in ("accuracy_per_round.png", "reward_maps_round_first.png", "reward_maps_round_last.png", "test_images.png"):
+    # every prompt's verdict is kept, and it is the evaluator's on the image that was scored
+    for name, table in res["test"].items():
+        assert len(table["correct"]) == 12 and sum(table["correct"]) / 12 == pytest.approx(table["overall"])
+        assert table["drawn"] == res["drawn"][name]
+    # the share of the canvas drawn after every round, next to the ground truth of the validation prompts
+    assert [r for r, _ in res["val_drawn"]["srum"]] == [-1, 0, 1]
+    assert res["val_drawn"]["srum"][0] == res["val_drawn"]["sft"][0]
+    val = subsample(load_split_prompts("configs/prompts/shapes/val.jsonl"), 6)
+    assert res["val_drawn_ground_truth"] == pytest.approx(drawn_objects(ground_truth_images(val, 3))["ink"])
+    rounds = report.split("## Validation after each round", 1)[1].split("##", 1)[0]
+    assert "- srum: " + ", ".join(f"{100 * ink:.1f}" for _, ink in res["val_drawn"]["srum"]) in rounds
+    assert all(f"Drift warning: {w}" in rounds for w in res["warnings"])
+    assert res["warnings"] or "No round's weights drew more than" in rounds
+    for name in ("accuracy_per_round.png", "drawn_per_round.png", "reward_maps_round_first.png", "reward_maps_round_last.png", "test_images.png"):
         assert Image.open(out / name).size[0] > 100
     # the SFT arm really trained with the plain flow loss, the SRUM arm with rewards
     for arm, ablation in (("sft", "sft"), ("srum", "none")):
         cfg = (tmp_path / "demo" / res["runs"][arm].split("/")[-1] / "config.yaml").read_text()
         assert f"ablation: {ablation}" in cfg
+
+
+def test_drift_warning_flags_a_round_beyond_the_ratio_either_way():
+    assert drift_warning("sft", 2, 0.20, 0.19) is None
+    assert drift_warning("sft", 2, 0.19 * DRIFT_RATIO * 0.99, 0.19) is None
+    up = drift_warning("srum", 3, 0.36, 0.19)
+    assert up is not None and "srum after round 3 draws 36.0%" in up and "19.0%" in up and "blown up" in up
+    down = drift_warning("sft", 0, 0.05, 0.19)
+    assert down is not None and "fading away" in down
+    assert drift_warning("sft", 0, 0.0, 0.0) is None
+    assert "draws nothing" in drift_warning("sft", 0, 0.1, 0.0)
 
 
 def test_ground_truth_images_satisfy_their_prompts_and_are_deterministic():

@@ -241,3 +241,6 @@ def test_drawn_objects_counts_objects_and_ink():
     assert 0.0 < share(one) < share(two) < 0.5
     with pytest.raises(ValueError, match="at least one image"):
         drawn_objects([])
+    # the evaluator measures the same from the detections it scores with
+    specs = [PromptSpec("t", "colour", (Exists(ObjectQuery(shape="square", colour="blue")),))] * 2
+    assert evaluate(specs, [one, two]).drawn == got
