@@ -53,6 +53,33 @@ def _std(xs: list[float]) -> float | None:
     return (sum((x - m) ** 2 for x in xs) / len(xs)) ** 0.5
 
 
+#: a round whose fresh samples the judge scores this much lower on average than the first
+#: round's (the base weights' samples) gets a warning, when the fall is also beyond
+#: ``DRIFT_SE`` standard errors; see :func:`score_drop_warning`
+DRIFT_DROP = 0.1
+DRIFT_SE = 3.0
+
+
+def score_drop_warning(first: dict[str, Any], now: dict[str, Any]) -> str | None:
+    """A warning when the judge's mean global score of round ``now`` (a :func:`round_summary`
+    row) has fallen below round 0's by more than :data:`DRIFT_DROP` and by more than
+    :data:`DRIFT_SE` standard errors of the difference: the model's own understanding finds its
+    images getting worse, the mark of self-training drift (images blown up or fading away).
+    None when it has not, or when either round has no global scores."""
+    m0, m1 = first.get("global_score_mean"), now.get("global_score_mean")
+    n0, n1 = first.get("global_score_n") or 0, now.get("global_score_n") or 0
+    if m0 is None or m1 is None or n0 == 0 or n1 == 0:
+        return None
+    drop = m0 - m1
+    se = ((first.get("global_score_std") or 0.0) ** 2 / n0 + (now.get("global_score_std") or 0.0) ** 2 / n1) ** 0.5
+    if drop <= DRIFT_DROP or drop <= DRIFT_SE * se:
+        return None
+    spread = f", {drop / se:.1f} standard errors" if se > 0 else ""
+    return (f"the judge's mean global score fell from {m0:+.3f} (round 0: the starting weights' samples) to "
+            f"{m1:+.3f} (-{drop:.3f}{spread}): the generator may be drifting; look at this round's "
+            "overview.png, and consider a lower train.lr, train.ref_anchor: base or fewer steps a round")
+
+
 def round_summary(batch: RolloutBatch) -> dict[str, Any]:
     """Reward statistics of a judged and rewarded round (global and local)."""
     g = [r.global_score for r in batch.records if r.global_score is not None]
@@ -67,6 +94,7 @@ def round_summary(batch: RolloutBatch) -> dict[str, Any]:
         "boxes_kept": sum(sum(1 for k in r.kept if k) for r in batch.records),
         "global_score_mean": _mean(g),
         "global_score_std": _std(g),
+        "global_score_n": len(g),
         "local_score_mean": _mean(local),
         "local_score_std": _std(local),
         "alpha_mean": _mean(alphas),
@@ -287,6 +315,11 @@ class RoundLoop:
             "wall_s": round(wall, 3),
             "samples_per_s": len(batch) / wall if wall > 0 else None,
         }
+        first = row if r == 0 else rd.round_metrics(0)
+        warning = None if first is None or r == 0 else score_drop_warning(first, row)
+        if warning is not None:
+            row["warnings"] = [warning]
+            log.warning("round %d: %s", r, warning)
         rd.append_metrics(row)
         self.metrics.on_round(row)
         rd.commit_round(r, weights_version=version, global_step=rt.global_step())

@@ -208,6 +208,16 @@ class RunDir:
         with open(self.path / METRICS, "a", encoding="utf-8") as f:
             f.write(json.dumps(row) + "\n")
 
+    def round_metrics(self, r: int) -> dict[str, Any] | None:
+        """Round ``r``'s row of ``metrics.jsonl`` (the last one written, if an interrupted round
+        was redone), or None if it has none."""
+        path = self.path / METRICS
+        if not path.is_file():
+            return None
+        rows = [json.loads(l) for l in path.read_text().splitlines() if l]
+        rows = [row for row in rows if row.get("kind") == "round" and row.get("round") == r]
+        return rows[-1] if rows else None
+
     def read_samples(self, r: int) -> list[SampleRecord]:
         path = self.round_dir(r) / "samples.jsonl"
         return [SampleRecord.from_json(json.loads(l)) for l in path.read_text().splitlines() if l]

@@ -189,3 +189,45 @@ def test_cpu_threads_is_applied_and_zero_leaves_torchs_default():
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def _scores(mean, std, n):
+    return {"global_score_mean": mean, "global_score_std": std, "global_score_n": n}
+
+
+def test_score_drop_warning_needs_a_fall_beyond_the_floor_and_the_noise():
+    from srum_ray.loop import DRIFT_DROP, score_drop_warning
+
+    first = _scores(-0.15, 0.3, 64)
+    # -0.2 with 64 scores a round: 3.8 standard errors of the difference
+    warning = score_drop_warning(first, _scores(-0.35, 0.3, 64))
+    assert warning is not None and "-0.150" in warning and "-0.350" in warning and "3.8 standard errors" in warning
+    # the same fall on 16 noisy scores is within the noise
+    assert score_drop_warning(_scores(-0.15, 0.6, 16), _scores(-0.35, 0.6, 16)) is None
+    # a fall below the floor is not one, however sure; a rise never is
+    assert score_drop_warning(_scores(0.5, 0.0, 64), _scores(0.5 - DRIFT_DROP / 2, 0.0, 64)) is None
+    assert score_drop_warning(first, _scores(0.4, 0.3, 64)) is None
+    exact = score_drop_warning(_scores(0.5, 0.0, 8), _scores(0.2, 0.0, 8))
+    assert exact is not None and "standard errors" not in exact
+    # a round without global scores cannot be compared
+    assert score_drop_warning(first, _scores(None, None, 0)) is None
+    assert score_drop_warning(_scores(-0.1, 0.3, 0), _scores(-0.9, 0.3, 64)) is None
+
+
+def test_a_drift_warning_reaches_the_log_and_metrics(tmp_path, monkeypatch, caplog):
+    """With the thresholds at nothing, round 1's score against round 0's (read back from
+    metrics.jsonl) is always a warning: the row, the log and the returned rows carry it."""
+    import logging
+
+    import srum_ray.loop as loop
+
+    monkeypatch.setattr(loop, "DRIFT_DROP", -1e9)
+    monkeypatch.setattr(loop, "DRIFT_SE", -1e9)
+    with caplog.at_level(logging.WARNING, logger="srum_ray"):
+        rd = run(tiny_cfg(tmp_path))
+    rows = [json.loads(l) for l in (rd.path / "metrics.jsonl").read_text().splitlines()]
+    rounds = {row["round"]: row for row in rows if row.get("kind") == "round"}
+    assert "warnings" not in rounds[0]
+    assert len(rounds[1]["warnings"]) == 1 and "fell from" in rounds[1]["warnings"][0]
+    assert rd.round_metrics(1) == rounds[1] and rd.round_metrics(5) is None
+    assert any("round 1: the judge's mean global score fell" in r.getMessage() for r in caplog.records)

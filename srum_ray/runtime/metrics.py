@@ -59,6 +59,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "srum_judge_parse_failures": (
         COUNTER, "judge answers parsed only on a retry, or never", ("kind", "status"),
     ),
+    "srum_drift_warnings": (
+        COUNTER, "rounds whose judge score fell below round 0's (RoundLoop's drift warning)", (),
+    ),
     "srum_stage_seconds": (HISTOGRAM, "seconds per stage call", ("stage",)),
 }
 
@@ -110,7 +113,8 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
 
     Gauges take the row's values (None is skipped); counters get the round's increments:
     ``samples``, dropped samples (``missing_policy.sample_dropped``, else ``samples -
-    samples_trained``) and the judge's ``parse`` counts with status retried or missing.
+    samples_trained``), the judge's ``parse`` counts with status retried or missing, and the
+    round's drift ``warnings`` (see :func:`srum_ray.loop.score_drop_warning`).
     Replicas come from ``replicas`` ({role: n}) when the row has them.
     """
     out = []
@@ -135,6 +139,8 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
         n = _num(parse.get(f"{kind}_{status}"))
         if n:
             out.append(Point("srum_judge_parse_failures", n, (("kind", kind), ("status", status))))
+    if row.get("warnings"):
+        out.append(Point("srum_drift_warnings", float(len(row["warnings"]))))
     return out
 
 

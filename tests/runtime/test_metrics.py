@@ -66,6 +66,9 @@ def test_round_points_gauges_counters_and_tags():
         (("kind", "region"), ("status", "missing")): 2,
     }
     assert all(p.name in METRICS for p in pts)
+    assert "srum_drift_warnings" not in by  # no warnings in the row
+    warned = round_points({**ROUND_ROW, "warnings": ["the judge's mean global score fell"]})
+    assert Point("srum_drift_warnings", 1.0) in warned
 
 
 def test_round_points_skip_none_and_derive_dropped():
