@@ -9,10 +9,10 @@
    sets that ablation. ``--seed`` sets ``run.seed`` (prompts, sampling and training noise).
 2. Every arm's checkpoint after every round is loaded into a generator in this process and
    scored on validation prompts (the accuracy-per-round plot, and the share of the canvas drawn
-   per round: a round that draws more than :data:`DRIFT_RATIO` times the base's share, or less
-   than its inverse, gets a drift warning on the console and in the report); the last one, and
-   the base weights, on the test prompts (seen and held-out combinations), one image per prompt
-   with the same seeds for every arm.
+   per round: an arm with a round that draws more than :data:`DRIFT_RATIO` times the base's
+   share, or less than its inverse, gets a drift warning on the console and in the report); the
+   last one, and the base weights, on the test prompts (seen and held-out combinations), one
+   image per prompt with the same seeds for every arm.
 3. Writes into the demo directory: ``report.md`` (tables per category, per seen/unseen and
    per constraint kind, what the images draw next to the ground truth (self-training drift),
    and the understanding-vs-generation gap of the base model), ``results.json``,
@@ -59,8 +59,8 @@ class ArmResult:
     val_curve: list[tuple[int, float]] = field(default_factory=list)
     #: (round index, share of the canvas drawn on the same validation images); round -1 = base
     val_drawn: list[tuple[int, float]] = field(default_factory=list)
-    #: drift warnings (:func:`drift_warning`) raised while scoring the rounds
-    warnings: list[str] = field(default_factory=list)
+    #: the arm's drift warning (:func:`drift_warning`), if its rounds drifted
+    warning: str | None = None
     test: dict = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -107,22 +107,28 @@ DRAWN_NOTE = (
 )
 
 
-#: a round whose weights draw more than this many times the base's share of the canvas on the
-#: validation prompts (or less than its inverse) gets a drift warning
+#: an arm with a round whose weights draw more than this many times the base's share of the
+#: canvas on the validation prompts (or less than its inverse) gets a drift warning
 DRIFT_RATIO = 1.5
 
 
-def drift_warning(arm: str, r: int, ink: float, base_ink: float) -> str | None:
-    """A warning line when round ``r``'s weights draw ``ink`` of the canvas against ``base_ink``
-    for the base weights beyond :data:`DRIFT_RATIO` either way; None otherwise."""
-    if base_ink <= 0.0:
-        return None if ink <= 0.0 else f"{arm} after round {r} draws {100 * ink:.1f}% of the canvas; the base draws nothing"
-    ratio = ink / base_ink
-    if 1 / DRIFT_RATIO <= ratio <= DRIFT_RATIO:
+def drift_warning(arm: str, drawn: Sequence[tuple[int, float]]) -> str | None:
+    """One line for an arm whose rounds drew beyond :data:`DRIFT_RATIO` times the base's share of
+    the canvas, either way; None if none did. ``drawn`` is ``[(round, share)]`` with the base
+    weights first (round -1), as :attr:`ArmResult.val_drawn`."""
+    (_, base_ink), rounds = drawn[0], drawn[1:]
+
+    def off(ink: float) -> bool:
+        return ink > 0.0 if base_ink <= 0.0 else not 1 / DRIFT_RATIO <= ink / base_ink <= DRIFT_RATIO
+
+    flagged = [(r, ink) for r, ink in rounds if off(ink)]
+    if not flagged:
         return None
-    what = "objects blown up into blobs" if ratio > 1 else "objects fading away"
-    return (f"{arm} after round {r} draws {100 * ink:.1f}% of the canvas against {100 * base_ink:.1f}% for the "
-            f"base ({ratio:.1f}x): self-training drift, {what} (docs/RESULTS.md, \"What self-training draws\")")
+    (r0, ink0), (r_last, ink_last) = flagged[0], rounds[-1]
+    what = "objects blown up into blobs" if ink0 > base_ink else "objects fading away"
+    return (f"{arm} draws {100 * ink0:.1f}% of the canvas after round {r0} and {100 * ink_last:.1f}% after round "
+            f"{r_last}, against {100 * base_ink:.1f}% for the base: self-training drift, {what} "
+            "(docs/RESULTS.md, \"What self-training draws\")")
 
 
 def ground_truth_images(prompts: Sequence[SplitPrompt], seed: int) -> list[Image.Image]:
@@ -308,10 +314,9 @@ def run_demo(
             res.val_drawn.append((r, ink))
             progress(f"[demo] {arm} after round {r}: validation accuracy {100 * acc['overall']:.1f}%, "
                      f"{100 * ink:.1f}% of the canvas drawn (base {100 * base_ink:.1f}%)")
-            warning = drift_warning(arm, r, ink, base_ink)
-            if warning is not None:
-                res.warnings.append(warning)
-                progress(f"[demo] warning: {warning}")
+        res.warning = drift_warning(arm, res.val_drawn)
+        if res.warning is not None:
+            progress(f"[demo] warning: {res.warning}")
         res.test, test_images[arm] = ev.score(test)
 
     # the understanding-vs-generation gap of the base model, on the same test prompts
@@ -360,7 +365,7 @@ def write_outputs(
         "val_curves": {arm: r.val_curve for arm, r in results.items()},
         "val_drawn": {arm: r.val_drawn for arm, r in results.items()},
         "val_drawn_ground_truth": val_truth_ink,
-        "warnings": [w for r in results.values() for w in r.warnings],
+        "warnings": [r.warning for r in results.values() if r.warning is not None],
         "runs": {arm: r.run_dir for arm, r in results.items()},
         "arm_seconds": {arm: r.seconds for arm, r in results.items()},
         "gap": gap,
@@ -369,7 +374,7 @@ def write_outputs(
     }
     (demo_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     n_unseen = sum(p.unseen for p in test)
-    warnings = [w for r in results.values() for w in r.warnings]
+    warnings = [r.warning for r in results.values() if r.warning is not None]
     drift_lines = "\n" + ("\n".join(f"- Drift warning: {w}" for w in warnings) if warnings else (
         f"No round's weights drew more than {DRIFT_RATIO}x, or less than 1/{DRIFT_RATIO}, of the base's share."))
     text = f"""# shapes-world demo (seed {seed})

@@ -69,15 +69,17 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
         assert f"ablation: {ablation}" in cfg
 
 
-def test_drift_warning_flags_a_round_beyond_the_ratio_either_way():
-    assert drift_warning("sft", 2, 0.20, 0.19) is None
-    assert drift_warning("sft", 2, 0.19 * DRIFT_RATIO * 0.99, 0.19) is None
-    up = drift_warning("srum", 3, 0.36, 0.19)
-    assert up is not None and "srum after round 3 draws 36.0%" in up and "19.0%" in up and "blown up" in up
-    down = drift_warning("sft", 0, 0.05, 0.19)
-    assert down is not None and "fading away" in down
-    assert drift_warning("sft", 0, 0.0, 0.0) is None
-    assert "draws nothing" in drift_warning("sft", 0, 0.1, 0.0)
+def test_drift_warning_flags_an_arm_beyond_the_ratio_either_way():
+    base = (-1, 0.19)
+    assert drift_warning("sft", [base, (0, 0.20), (1, 0.19 * DRIFT_RATIO * 0.99)]) is None
+    up = drift_warning("srum", [base, (0, 0.21), (1, 0.30), (2, 0.36)])
+    # one line per arm: the first round beyond the ratio and the last round
+    assert up is not None and "30.0% of the canvas after round 1 and 36.0% after round 2" in up
+    assert "19.0% for the base" in up and "blown up" in up
+    down = drift_warning("sft", [base, (0, 0.05), (1, 0.2)])
+    assert down is not None and "after round 0" in down and "fading away" in down
+    assert drift_warning("sft", [(-1, 0.0), (0, 0.0)]) is None
+    assert drift_warning("sft", [(-1, 0.0), (0, 0.1)]) is not None
 
 
 def test_ground_truth_images_satisfy_their_prompts_and_are_deterministic():
