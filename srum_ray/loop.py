@@ -159,6 +159,8 @@ class RoundLoop:
         self.runtime = runtime
         self.metrics = RunMetrics(cfg.runtime.metrics, run_name=run_dir.path.name)
         self.start_round = 0
+        #: round 0's metrics row, what the drift warning compares with (read back on resume)
+        self._first_round: dict[str, Any] | None = None
         self._restore()
 
     # ------------------------------------------------------------------ resume
@@ -315,8 +317,11 @@ class RoundLoop:
             "wall_s": round(wall, 3),
             "samples_per_s": len(batch) / wall if wall > 0 else None,
         }
-        first = row if r == 0 else rd.round_metrics(0)
-        warning = None if first is None or r == 0 else score_drop_warning(first, row)
+        if r == 0:
+            self._first_round = row
+        elif self._first_round is None:
+            self._first_round = rd.round_metrics(0)
+        warning = None if r == 0 or self._first_round is None else score_drop_warning(self._first_round, row)
         if warning is not None:
             row["warnings"] = [warning]
             log.warning("round %d: %s", r, warning)

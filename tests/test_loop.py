@@ -215,8 +215,8 @@ def test_score_drop_warning_needs_a_fall_beyond_the_floor_and_the_noise():
 
 
 def test_a_drift_warning_reaches_the_log_and_metrics(tmp_path, monkeypatch, caplog):
-    """With the thresholds at nothing, round 1's score against round 0's (read back from
-    metrics.jsonl) is always a warning: the row, the log and the returned rows carry it."""
+    """With the thresholds at nothing, a round's score against round 0's is always a warning:
+    the row and the log carry it, and a resumed run reads round 0's row back from metrics.jsonl."""
     import logging
 
     import srum_ray.loop as loop
@@ -225,9 +225,12 @@ def test_a_drift_warning_reaches_the_log_and_metrics(tmp_path, monkeypatch, capl
     monkeypatch.setattr(loop, "DRIFT_SE", -1e9)
     with caplog.at_level(logging.WARNING, logger="srum_ray"):
         rd = run(tiny_cfg(tmp_path))
+        again = RunDir.open_for_resume(rd.path)
+        RoundLoop(again.load_config(["run.rounds=3"]), again).run()
     rows = [json.loads(l) for l in (rd.path / "metrics.jsonl").read_text().splitlines()]
     rounds = {row["round"]: row for row in rows if row.get("kind") == "round"}
     assert "warnings" not in rounds[0]
-    assert len(rounds[1]["warnings"]) == 1 and "fell from" in rounds[1]["warnings"][0]
+    for r in (1, 2):
+        assert len(rounds[r]["warnings"]) == 1 and f"from {rounds[0]['global_score_mean']:+.3f}" in rounds[r]["warnings"][0]
+        assert any(f"round {r}: the judge's mean global score fell" in m.getMessage() for m in caplog.records)
     assert rd.round_metrics(1) == rounds[1] and rd.round_metrics(5) is None
-    assert any("round 1: the judge's mean global score fell" in r.getMessage() for r in caplog.records)
