@@ -53,6 +53,14 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
     except FileNotFoundError as e:
         key = "model.checkpoint" if cfg.model.backend == "tiny" else f"model ({cfg.model.backend})"
         raise PreflightError(f"{key}: {e}") from e
+    und = cfg.model.understanding
+    if cfg.model.backend == "diffusers" and not und.share_with_generator:
+        from srum_ray.models._vlm_families import checkpoint_family
+
+        try:  # reads config.json only: the family, and a package its processor needs
+            checkpoint_family(Path(und.path).expanduser(), und.family)
+        except (ValueError, ImportError) as e:
+            raise PreflightError(f"model.understanding: {e}") from e
     if cfg.grounder.kind == "sam_hf":
         if cfg.grounder.sam.checkpoint is None:
             raise PreflightError("grounder.sam.checkpoint is required for grounder.kind=sam_hf "

@@ -88,7 +88,7 @@ class UnderstandingModelConfig:
 
     path: str | None = None
     #: model family; "auto" reads config.json's model_type
-    family: str = choice("auto", "auto", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3")
+    family: str = choice("auto", "auto", "qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3", "smolvlm")
     #: use the generator's own text encoder as the judge when it is a VLM (Qwen-Image encodes
     #: prompts with Qwen2.5-VL): one copy in memory
     share_with_generator: bool = False

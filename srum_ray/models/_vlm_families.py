@@ -6,13 +6,14 @@ writes boxes when asked to ground (Qwen2.5-VL: absolute pixels of the image as i
 resized it; Qwen3-VL: 0..1000 normalized; the others have no native grounding format).
 
 Processors are built with :class:`transformers.AutoProcessor` first. Where that fails because
-torchvision is missing (the Qwen and LLaVA-OneVision processors also own a video processor,
-which needs torchvision), :func:`build_processor` assembles the family's processor by hand
+torchvision is missing (the Qwen, LLaVA-OneVision and SmolVLM2 processors also own a video
+processor, which needs torchvision), :func:`build_processor` assembles the family's processor by hand
 from its PIL image processor and tokenizer, in an image-only subclass without the video part.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ class Family:
         nested_images: whether the processor wants one list of images per text.
         boxes: native grounding coordinates: ``"pixels"`` (of the processor-resized image),
             ``"norm1000"``, or None (no native format: the base class default is used).
+        needs: a package the family's processor imports beyond transformers' own
+            requirements (installed by the extra of the same name as the family).
     """
 
     name: str
@@ -44,6 +47,7 @@ class Family:
     has_video: bool
     nested_images: bool = False
     boxes: str | None = None
+    needs: str | None = None
 
 
 FAMILIES: dict[str, Family] = {
@@ -57,14 +61,20 @@ FAMILIES: dict[str, Family] = {
             "llava_onevision", "LlavaOnevisionProcessor", "LlavaOnevisionImageProcessorPil", True
         ),
         Family("idefics3", "Idefics3Processor", "Idefics3ImageProcessorPil", False, True),
+        Family(
+            "smolvlm", "SmolVLMProcessor", "SmolVLMImageProcessorPil", True, True,
+            needs="num2words",
+        ),
     )
 }
-#: config.json ``model_type`` -> family (SmolVLM v1 checkpoints are ``idefics3``)
+#: config.json ``model_type`` -> family (SmolVLM v1 checkpoints are ``idefics3``, SmolVLM2
+#: checkpoints ``smolvlm``)
 MODEL_TYPES: dict[str, str] = {
     "qwen2_5_vl": "qwen2_5_vl",
     "qwen3_vl": "qwen3_vl",
     "llava_onevision": "llava_onevision",
     "idefics3": "idefics3",
+    "smolvlm": "smolvlm",
 }
 
 #: native grounding question for the Qwen families (our wording; JSON with bbox_2d)
@@ -112,11 +122,49 @@ def family_for(model_type: str, requested: str, path: Path) -> Family:
     return FAMILIES[fam]
 
 
+def check_needs(family: Family) -> None:
+    """Raise a one-line ImportError when the package ``family.needs`` is not installed."""
+    if family.needs is not None and importlib.util.find_spec(family.needs) is None:
+        raise ImportError(
+            f"the {family.name} processor needs the {family.needs} package; install it with "
+            f"`pip install 'srum-ray[{family.name}]'`"
+        )
+
+
+def checkpoint_family(root: Path, requested: str) -> Family:
+    """The family of checkpoint directory ``root`` (from its config.json), loading nothing.
+
+    Args:
+        root: checkpoint directory.
+        requested: ``model.understanding.family`` (``"auto"`` or a family name).
+
+    Raises:
+        FileNotFoundError: (one line) missing directory or config.json.
+        ValueError: (one line) unreadable config.json, unsupported model_type, or a requested
+            family that does not match the checkpoint.
+        ImportError: (one line) a package the family's processor needs is not installed.
+    """
+    if not root.is_dir():
+        raise FileNotFoundError(f"vision-language checkpoint directory {root} does not exist")
+    if not (root / "config.json").is_file():
+        raise FileNotFoundError(f"no config.json in vision-language checkpoint {root}")
+    try:
+        model_type = json.loads((root / "config.json").read_text()).get("model_type")
+    except json.JSONDecodeError as e:
+        raise ValueError(f"unreadable {root}/config.json: {e}") from e
+    family = family_for(str(model_type), requested, root)
+    check_needs(family)
+    return family
+
+
 def image_only(cls: type) -> type:
     """Subclass of processor class ``cls`` without its video processor.
 
     transformers reads a processor's parts from its ``__init__`` signature; this one names
     only ``image_processor`` and ``tokenizer``, so no video processor (torchvision) is needed.
+    Chat templates are rendered by :class:`transformers.ProcessorMixin`'s own method: SmolVLM's
+    override only adds the video processor's frame settings, which an image-only processor
+    has not got (the other families do not override it).
     """
 
     def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
@@ -129,7 +177,11 @@ def image_only(cls: type) -> type:
             **kwargs,
         )
 
-    return type(f"{cls.__name__}ImageOnly", (cls,), {"__init__": __init__})
+    return type(
+        f"{cls.__name__}ImageOnly",
+        (cls,),
+        {"__init__": __init__, "apply_chat_template": transformers.ProcessorMixin.apply_chat_template},
+    )
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -171,6 +223,7 @@ def build_processor(root: Path, family: Family) -> Any:
     Raises:
         ValueError: (one line) naming the processor class and why it cannot be built.
     """
+    check_needs(family)
     kw = {"local_files_only": True}
     try:
         return transformers.AutoProcessor.from_pretrained(root, **kw)

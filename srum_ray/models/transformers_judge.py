@@ -11,7 +11,6 @@ the others use the base class's text grounding. Family details: :mod:`._vlm_fami
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -116,17 +115,10 @@ class TransformersUnderstanding(UnderstandingModel):
             FileNotFoundError: (one line) missing directory or config.json.
             ValueError: (one line) unsupported model_type, family mismatch, or a processor
                 that cannot be built (naming the class and why).
+            ImportError: (one line) a package the family's processor needs is missing.
         """
         root = Path(path).expanduser()
-        if not root.is_dir():
-            raise FileNotFoundError(f"vision-language checkpoint directory {root} does not exist")
-        if not (root / "config.json").is_file():
-            raise FileNotFoundError(f"no config.json in vision-language checkpoint {root}")
-        try:
-            model_type = json.loads((root / "config.json").read_text()).get("model_type")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"unreadable {root}/config.json: {e}") from e
-        family = F.family_for(str(model_type), model_cfg.family, root)
+        family = F.checkpoint_family(root, model_cfg.family)
         processor = F.build_processor(root, family)  # before the (large) weights load
         config = AutoConfig.from_pretrained(root, local_files_only=True)
         try:

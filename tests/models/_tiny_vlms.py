@@ -29,6 +29,9 @@ from transformers import (
     Qwen3VLConfig,
     Qwen3VLForConditionalGeneration,
     SiglipVisionConfig,
+    SmolVLMConfig,
+    SmolVLMForConditionalGeneration,
+    SmolVLMImageProcessorPil,
 )
 
 from srum_ray.models.tokenizer import build_tokenizer
@@ -61,7 +64,10 @@ IDEFICS3_TEMPLATE = (
     "{% else %}{{ c['text'] }}{% endif %}{% endfor %}<end_of_utterance>\n{% endfor %}"
     "{% if add_generation_prompt %}Assistant:{% endif %}"
 )
-FAMILIES = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3")
+#: SmolVLM2: Idefics3's image tokens, turns opened with <|im_start|>
+SMOLVLM_TOKENS = ("<|im_start|>", *IDEFICS3_TOKENS)
+SMOLVLM_TEMPLATE = "<|im_start|>" + IDEFICS3_TEMPLATE
+FAMILIES = ("qwen2_5_vl", "qwen3_vl", "llava_onevision", "idefics3", "smolvlm")
 
 
 def _text_kw(tok) -> dict:
@@ -162,6 +168,22 @@ def build_idefics3(tok):
     return Idefics3ForConditionalGeneration(cfg), ip
 
 
+def build_smolvlm(tok):
+    cfg = SmolVLMConfig(
+        vision_config=dict(
+            image_size=32, patch_size=8, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
+            num_hidden_layers=1, num_attention_heads=2, initializer_range=INIT,
+        ),
+        text_config=LlamaConfig(**_text_kw(tok)),
+        image_token_id=tok.convert_tokens_to_ids("<image>"),
+        scale_factor=2,
+    )
+    ip = SmolVLMImageProcessorPil(
+        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False
+    )
+    return SmolVLMForConditionalGeneration(cfg), ip
+
+
 _BUILDERS = {
     "qwen2_5_vl": (build_qwen2_5_vl, QWEN_TOKENS, QWEN_TEMPLATE, {}),
     "qwen3_vl": (build_qwen3_vl, QWEN_TOKENS, QWEN_TEMPLATE, {}),
@@ -171,6 +193,7 @@ _BUILDERS = {
          "vision_aspect_ratio": "anyres_max_9"},
     ),
     "idefics3": (build_idefics3, IDEFICS3_TOKENS, IDEFICS3_TEMPLATE, {"image_seq_len": 4}),
+    "smolvlm": (build_smolvlm, SMOLVLM_TOKENS, SMOLVLM_TEMPLATE, {"image_seq_len": 4}),
 }
 
 

@@ -2,6 +2,7 @@
 pipeline as generator and a saved tiny transformers VLM as judge, loaded from their
 directories by config, one SRUM round; and Qwen-Image judging with its own text encoder."""
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -59,3 +60,29 @@ def test_missing_paths_stop_before_loading(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "incomplete diffusers pipeline checkpoint" in err or "not found" in err
     assert str(tmp_path / "nope") in err
+
+
+def test_judge_family_problems_stop_before_loading(tmp_path, capsys, monkeypatch):
+    """`srum-ray check` reads the judge's config.json: an unsupported model type, a family
+    that disagrees with it, or a package its processor needs, each fail in one line."""
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    (gen / "model_index.json").write_text("{}")  # only its presence is checked here
+    judge = tmp_path / "judge"
+    judge.mkdir()
+
+    def check(*extra):
+        code = main(["check", "--config", str(ROOT / "configs/tiny.yaml"), *overrides(tmp_path, gen, judge), *extra])
+        return code, capsys.readouterr().err
+
+    (judge / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    code, err = check()
+    assert code == 2 and "model.understanding: unsupported vision-language model_type 'llama'" in err
+    (judge / "config.json").write_text(json.dumps({"model_type": "smolvlm"}))
+    code, err = check("model.understanding.family=idefics3")
+    assert code == 2 and "family is 'idefics3'" in err and "model_type 'smolvlm'" in err
+    assert check()[0] == 0  # num2words is installed with the dev extra
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "num2words" else real(name, *a))
+    code, err = check()
+    assert code == 2 and "needs the num2words package" in err and "srum-ray[smolvlm]" in err

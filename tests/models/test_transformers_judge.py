@@ -2,6 +2,7 @@
 through the loading code real checkpoints use; one full SRUM round per family."""
 
 import copy
+import importlib.util
 import json
 import shutil
 from pathlib import Path
@@ -190,7 +191,7 @@ def test_loading_errors_are_one_line_and_name_the_path(checkpoints, tmp_path):
     (tmp_path / "llama/config.json").write_text(json.dumps({"model_type": "llama"}))
     msg = err(tmp_path / "llama")
     assert "unsupported" in msg and "'llama'" in msg
-    assert "idefics3, llava_onevision, qwen2_5_vl, qwen3_vl" in msg
+    assert "idefics3, llava_onevision, qwen2_5_vl, qwen3_vl, smolvlm" in msg
     assert "model_type 'idefics3'" in err(checkpoints["idefics3"], family="qwen3_vl")
     broken = tmp_path / "no_image_processor"
     shutil.copytree(checkpoints["qwen2_5_vl"], broken)
@@ -200,6 +201,14 @@ def test_loading_errors_are_one_line_and_name_the_path(checkpoints, tmp_path):
     shutil.copytree(checkpoints["idefics3"], no_weights)
     (no_weights / "model.safetensors").unlink()
     assert "cannot load model weights" in err(no_weights)
+
+
+def test_a_missing_processor_package_is_named_before_loading(checkpoints, monkeypatch):
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "num2words" else real(name, *a))
+    with pytest.raises(ImportError, match=r"smolvlm processor needs the num2words package.*srum-ray\[smolvlm\]"):
+        TransformersUnderstanding.from_pretrained(checkpoints["smolvlm"], UCFG)
+    assert TransformersUnderstanding.from_pretrained(checkpoints["idefics3"], UCFG).family.name == "idefics3"
 
 
 def test_builder_needs_a_path_or_a_shared_encoder(checkpoints):
