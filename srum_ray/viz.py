@@ -104,6 +104,31 @@ def contact_sheet(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Im
 SERIES_COLOURS = ((31, 119, 180), (214, 39, 40), (44, 160, 44), (255, 127, 14), (148, 103, 189), (140, 86, 75), (127, 127, 127))
 
 
+def nice_ticks(lo: float, hi: float, target: int = 5) -> tuple[list[float], int]:
+    """Round tick values covering ``[lo, hi]`` and the decimals their labels need.
+
+    The step is 1, 2, 2.5 or 5 times a power of ten, the smallest that cuts ``hi - lo`` into
+    at most ``target`` intervals; the ticks run from the last multiple of the step at or below
+    ``lo`` to the first at or above ``hi`` (so up to ``target + 2`` intervals). Returns
+    ``(ticks, decimals)``: the labels need ``decimals`` digits after the point.
+    """
+    if not (math.isfinite(lo) and math.isfinite(hi)):
+        raise ValueError(f"tick range must be finite, got [{lo}, {hi}]")
+    if hi < lo:
+        lo, hi = hi, lo
+    if hi == lo:
+        hi = lo + 1.0
+    raw = (hi - lo) / target
+    power = 10.0 ** math.floor(math.log10(raw))
+    mantissa = next(m for m in (1.0, 2.0, 2.5, 5.0, 10.0) if m * power >= raw * (1 - 1e-9))
+    step = mantissa * power
+    first = math.floor(lo / step + 1e-9)
+    last = math.ceil(hi / step - 1e-9)
+    # 2.5 x 10^k needs one decimal more than 10^k
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9) + (1 if mantissa == 2.5 else 0))
+    return [round(k * step, decimals + 3) for k in range(first, last + 1)], decimals
+
+
 def line_plot(
     series: dict[str, Sequence[tuple[float, float]]],
     *,
@@ -123,20 +148,25 @@ def line_plot(
     xs = [p[0] for p in points] or [0.0, 1.0]
     ys = [p[1] for p in points] or [0.0, 1.0]
     x0, x1 = min(xs), max(xs)
-    y0, y1 = y_range if y_range is not None else (min(ys), max(ys))
     x1 = x1 if x1 > x0 else x0 + 1
-    y1 = y1 if y1 > y0 else y0 + 1
+    if y_range is not None:  # the axis is the range asked for; ticks inside it
+        y0, y1 = y_range
+        y1 = y1 if y1 > y0 else y0 + 1
+        y_ticks, decimals = nice_ticks(y0, y1)
+        y_ticks = [t for t in y_ticks if y0 - 1e-9 * (y1 - y0) <= t <= y1 + 1e-9 * (y1 - y0)]
+    else:  # the axis ends on round ticks around the data
+        y_ticks, decimals = nice_ticks(min(ys), max(ys))
+        y0, y1 = y_ticks[0], y_ticks[-1]
 
     def px(x: float, y: float) -> tuple[float, float]:
         return (left + (x - x0) / (x1 - x0) * (w - left - right), h - bottom - (y - y0) / (y1 - y0) * (h - top - bottom))
 
     d.rectangle([left, top, w - right, h - bottom], outline=(0, 0, 0))
-    for k in range(6):
-        yv = y0 + (y1 - y0) * k / 5
+    for yv in y_ticks:
         _, yp = px(x0, yv)
         d.line([left - 4, yp, left, yp], fill=(0, 0, 0))
         d.line([left, yp, w - right, yp], fill=(230, 230, 230))
-        d.text((4, yp - 6), f"{yv:.2f}", fill=(0, 0, 0), font=font)
+        d.text((4, yp - 6), f"{yv:.{decimals}f}", fill=(0, 0, 0), font=font)
     for xv in sorted({p[0] for p in points}):
         xp, _ = px(xv, y0)
         d.line([xp, h - bottom, xp, h - bottom + 4], fill=(0, 0, 0))

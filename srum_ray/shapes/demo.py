@@ -343,8 +343,8 @@ def write_outputs(
     from srum_ray.viz import line_plot
 
     keys = [c for c in CATEGORIES if c in tables["base"]] + ["overall"]
-    series = {arm: [(float(r + 1), acc) for r, acc in res.val_curve] for arm, res in results.items()}
-    line_plot(series, title="validation accuracy (exact evaluator) after each round; 0 = base", x_label="round", y_label="accuracy").save(demo_dir / "accuracy_per_round.png")
+    series = {arm: [(float(r + 1), 100 * acc) for r, acc in res.val_curve] for arm, res in results.items()}
+    line_plot(series, title="validation accuracy (exact evaluator) after each round; 0 = base", x_label="round", y_label="% right").save(demo_dir / "accuracy_per_round.png")
     ink_series = {arm: [(float(r + 1), 100 * ink) for r, ink in res.val_drawn] for arm, res in results.items()}
     n_points = max((len(v) for v in ink_series.values()), default=1)
     ink_series["ground truth"] = [(0.0, 100 * val_truth_ink), (float(max(1, n_points - 1)), 100 * val_truth_ink)]
