@@ -27,6 +27,7 @@ import contextlib
 import json
 import logging
 import shutil
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +35,7 @@ from typing import TYPE_CHECKING, Callable, Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from srum_ray.config.load import load_config
 from srum_ray.config.schema import SrumConfig
@@ -163,12 +165,13 @@ def score_summary(acc: dict) -> dict:
 class Evaluator:
     """Scores generator weights on given prompts with fixed seeds."""
 
-    def __init__(self, cfg: SrumConfig, seed: int) -> None:
+    def __init__(self, cfg: SrumConfig, seed: int, on_images: Callable[[int], None] | None = None) -> None:
         from srum_ray.models.registry import build_model
 
         self.generator = build_model(cfg.model, cfg.generation, "cpu", parts=("generator",)).generator
         self.base_state = {k: v.clone() for k, v in self.generator.trainable_module().state_dict().items()}
         self.seed = seed
+        self.on_images = on_images  # called with the number of images drawn (progress)
 
     def load(self, state: dict | None) -> None:
         self.generator.trainable_module().load_state_dict(self.base_state if state is None else state)
@@ -176,7 +179,7 @@ class Evaluator:
     def score(self, prompts: Sequence[SplitPrompt]) -> tuple[dict, list[Image.Image]]:
         from srum_ray.shapes.measure import generation_report
 
-        report, images = generation_report(self.generator, [p.spec for p in prompts], self.seed)
+        report, images = generation_report(self.generator, [p.spec for p in prompts], self.seed, self.on_images)
         return report_dict(report, prompts), images
 
 
@@ -295,7 +298,14 @@ def run_demo(
             ray.shutdown()
 
     progress(f"[demo] scoring: {len(val)} validation prompts per round, {len(test)} test prompts per model")
-    ev = Evaluator(base_cfg, seed)
+    n_images = len(val) * (1 + sum(cfgs[arm].run.rounds for arm in results)) + len(test) * (1 + len(results))
+    bar = tqdm(total=n_images, desc="scoring", unit="img", disable=not base_cfg.run.progress, file=sys.stderr, dynamic_ncols=True)
+    ev = Evaluator(base_cfg, seed, on_images=bar.update)
+
+    def say(message: str) -> None:  # a line above the bar, not through it
+        with tqdm.external_write_mode(file=sys.stderr):
+            progress(message)
+
     ev.load(None)
     base_val, _ = ev.score(val)
     base_ink = base_val["drawn"]["ink"]
@@ -312,12 +322,13 @@ def run_demo(
             ink = acc["drawn"]["ink"]
             res.val_curve.append((r, acc["overall"]))
             res.val_drawn.append((r, ink))
-            progress(f"[demo] {arm} after round {r}: validation accuracy {100 * acc['overall']:.1f}%, "
+            say(f"[demo] {arm} after round {r}: validation accuracy {100 * acc['overall']:.1f}%, "
                      f"{100 * ink:.1f}% of the canvas drawn (base {100 * base_ink:.1f}%)")
         res.warning = drift_warning(arm, res.val_drawn)
         if res.warning is not None:
-            progress(f"[demo] warning: {res.warning}")
+            say(f"[demo] warning: {res.warning}")
         res.test, test_images[arm] = ev.score(test)
+    bar.close()
 
     # the understanding-vs-generation gap of the base model, on the same test prompts
     from srum_ray.models.registry import build_model

@@ -31,12 +31,33 @@ def eval_seeds(n: int, seed: int) -> list[int]:
     return [seed * 1_000_003 + i for i in range(n)]
 
 
-def generate_for(generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0) -> list[Image.Image]:
-    return generator.generate([s.text for s in specs], eval_seeds(len(specs), seed)).images
+#: prompts per generate call when a caller follows progress
+PROGRESS_CHUNK = 32
 
 
-def generation_report(generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0) -> tuple[EvalReport, list[Image.Image]]:
-    images = generate_for(generator, specs, seed)
+def generate_for(
+    generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0, on_images: Callable[[int], None] | None = None,
+) -> list[Image.Image]:
+    """One image per prompt with the evaluation's seeds; ``on_images(n)`` (e.g. a progress
+    bar's update) is called after every chunk of about :data:`PROGRESS_CHUNK` images. A chunk
+    is a whole number of the generator's own batches (``generation.batch_size``), so the
+    batches it draws, and so the images, are exactly those of one call for all prompts."""
+    texts, seeds = [s.text for s in specs], eval_seeds(len(specs), seed)
+    if on_images is None:
+        return generator.generate(texts, seeds).images
+    batch = int(getattr(getattr(generator, "gen_cfg", None), "batch_size", PROGRESS_CHUNK))
+    chunk = batch * max(1, PROGRESS_CHUNK // batch)
+    images: list[Image.Image] = []
+    for start in range(0, len(texts), chunk):
+        images += generator.generate(texts[start : start + chunk], seeds[start : start + chunk]).images
+        on_images(len(images) - start)
+    return images
+
+
+def generation_report(
+    generator: GenerationModel, specs: Sequence[PromptSpec], seed: int = 0, on_images: Callable[[int], None] | None = None,
+) -> tuple[EvalReport, list[Image.Image]]:
+    images = generate_for(generator, specs, seed, on_images)
     return evaluate(specs, images), images
 
 

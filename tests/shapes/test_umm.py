@@ -250,3 +250,18 @@ def test_region_examples_describe_the_object_in_the_box(splits):
         # a tight box (what the grounder proposes) give or take a pixel a side
         r = 7 if a["size"] == "small" else 12
         assert r - 2 <= box.x1 - box.x0 <= 2 * r + 3 and r - 2 <= box.y1 - box.y0 <= 2 * r + 3
+
+
+def test_evaluation_images_do_not_depend_on_following_progress(checkpoint, monkeypatch):
+    import srum_ray.shapes.measure as M
+    from srum_ray.shapes.constraints import PromptSpec
+
+    monkeypatch.setattr(M, "PROGRESS_CHUNK", 4)  # batches of 3: chunks of 3 prompts
+    gen = build_model(ModelConfig(backend="shapes", checkpoint=str(checkpoint)), GEN).generator
+    texts = ["a red circle", "two blue stars", "a striped star", "a green square", "a small star", "three circles", "a red star"]
+    specs = [PromptSpec(text=t, category="colour", constraints=()) for t in texts]
+    whole = M.generate_for(gen, specs, seed=2)
+    updates: list[int] = []
+    chunked = M.generate_for(gen, specs, seed=2, on_images=updates.append)
+    assert updates == [3, 3, 1]
+    assert [np.asarray(a).tobytes() for a in chunked] == [np.asarray(b).tobytes() for b in whole]
