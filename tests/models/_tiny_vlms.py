@@ -152,8 +152,9 @@ def build_llava_onevision(tok):
     return LlavaOnevisionForConditionalGeneration(cfg), ip
 
 
-def build_idefics3(tok):
-    cfg = Idefics3Config(
+def _idefics3_like(tok, config_cls, model_cls, image_processor_cls):
+    """Idefics3 and SmolVLM2 share a layout: a SigLIP tower, pixel shuffle, a Llama text model."""
+    cfg = config_cls(
         vision_config=dict(
             image_size=32, patch_size=8, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
             num_hidden_layers=1, num_attention_heads=2, initializer_range=INIT,
@@ -162,26 +163,18 @@ def build_idefics3(tok):
         image_token_id=tok.convert_tokens_to_ids("<image>"),
         scale_factor=2,
     )
-    ip = Idefics3ImageProcessorPil(
+    ip = image_processor_cls(
         size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False
     )
-    return Idefics3ForConditionalGeneration(cfg), ip
+    return model_cls(cfg), ip
+
+
+def build_idefics3(tok):
+    return _idefics3_like(tok, Idefics3Config, Idefics3ForConditionalGeneration, Idefics3ImageProcessorPil)
 
 
 def build_smolvlm(tok):
-    cfg = SmolVLMConfig(
-        vision_config=dict(
-            image_size=32, patch_size=8, hidden_size=HIDDEN, intermediate_size=2 * HIDDEN,
-            num_hidden_layers=1, num_attention_heads=2, initializer_range=INIT,
-        ),
-        text_config=LlamaConfig(**_text_kw(tok)),
-        image_token_id=tok.convert_tokens_to_ids("<image>"),
-        scale_factor=2,
-    )
-    ip = SmolVLMImageProcessorPil(
-        size={"longest_edge": 64}, max_image_size={"longest_edge": 32}, do_image_splitting=False
-    )
-    return SmolVLMForConditionalGeneration(cfg), ip
+    return _idefics3_like(tok, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMImageProcessorPil)
 
 
 _BUILDERS = {
