@@ -23,7 +23,8 @@ def read_prompt_file(path: str | Path) -> list[str]:
     """Prompts of one file, in file order."""
     path = Path(path)
     if not path.exists():
-        raise PromptFileError(f"prompt file not found: {path}")
+        where = "" if path.is_absolute() else f" (relative to {Path.cwd()}: run from the repository root)"
+        raise PromptFileError(f"prompt file not found: {path}{where}")
     if not path.is_file():
         raise PromptFileError(f"prompt path is not a file: {path}")
     try:

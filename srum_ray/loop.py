@@ -216,7 +216,7 @@ class RoundLoop:
         seen: set[str] = set()
         overview: list[Image.Image] = []
         bar = tqdm(
-            total=len(specs), desc=f"round {r + 1}/{cfg.run.rounds}", unit="img",
+            total=len(specs), desc=f"round {r} ({r + 1}/{cfg.run.rounds})", unit="img",
             disable=not cfg.run.progress, file=sys.stderr, dynamic_ncols=True,
         )
 
@@ -331,9 +331,9 @@ class RoundLoop:
         if not cfg.output.keep_all_checkpoints:
             rd.prune_checkpoints(r)
         log.info(
-            "round %d/%d done in %.1f s: loss %s, global %s, local %s, kept %d/%d boxes, "
+            "round %d (%d/%d) done in %.1f s: loss %s, global %s, local %s, kept %d/%d boxes, "
             "parse %s -> %s",
-            r + 1, cfg.run.rounds, wall,
+            r, r + 1, cfg.run.rounds, wall,
             "-" if row["loss_mean"] is None else f"{row['loss_mean']:.4f}",
             "-" if row["global_score_mean"] is None else f"{row['global_score_mean']:+.3f}",
             "-" if row["local_score_mean"] is None else f"{row['local_score_mean']:+.3f}",

@@ -17,7 +17,8 @@ class PreflightError(ValueError):
 def _check_readable(key: str, path: str, want_dir: bool | None = None) -> None:
     p = Path(path)
     if not p.exists():
-        raise PreflightError(f"{key}: path not found: {p}")
+        where = "" if p.is_absolute() else f" (relative to {Path.cwd()}: run from the repository root)"
+        raise PreflightError(f"{key}: path not found: {p}{where}")
     if want_dir is True and not p.is_dir():
         raise PreflightError(f"{key}: expected a directory, got a file: {p}")
     if want_dir is False and not p.is_file():
@@ -80,11 +81,32 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
             f"train.batch_size = {cfg.train.batch_size} is larger than a round's samples "
             f"({cfg.data.prompts_per_round} prompts x {cfg.data.images_per_prompt} images)"
         )
+    _check_device(cfg)
     if check_output:
         out = Path(cfg.run.output_dir)
         probe = out
         while not probe.exists():
             probe = probe.parent
+        if not probe.is_dir():
+            raise PreflightError(f"run.output_dir: {probe} is a file, not a directory")
         if not os.access(probe, os.W_OK):
             raise PreflightError(f"run.output_dir: cannot write under {probe}")
     return n
+
+
+def _check_device(cfg: SrumConfig) -> None:
+    """run.device and run.dtype: a device this machine has (when the roles run here), and a
+    dtype the learner can train in."""
+    if cfg.run.dtype == "float16" and cfg.train.engine == "torch":
+        raise PreflightError(
+            "run.dtype=float16 needs train.engine=deepspeed (fp16 loss scaling and float32 "
+            "master weights); the torch engine trains in float32 or bfloat16"
+        )
+    if cfg.runtime.mode == "local" and cfg.run.device.startswith("cuda"):
+        import torch
+
+        if not torch.cuda.is_available():
+            raise PreflightError(
+                f"run.device={cfg.run.device} but torch sees no CUDA device on this machine "
+                "(use run.device=auto or cpu)"
+            )

@@ -39,6 +39,8 @@ from srum_ray.types import SampleRecord
 STATE = "state.json"
 CONFIG = "config.yaml"
 METRICS = "metrics.jsonl"
+#: what every engine's checkpoint directory holds (the torch and DeepSpeed engines' save)
+CHECKPOINT_FILES = ("trainable.safetensors", "engine.json")
 
 
 class RunDirError(ValueError):
@@ -80,18 +82,42 @@ class RunDir:
 
     @classmethod
     def open_for_resume(cls, path: str | Path) -> "RunDir":
-        """An existing run directory; raises :class:`RunDirError` if it cannot resume."""
+        """An existing run directory (to resume or show); raises :class:`RunDirError` if it is
+        not one, naming the runs inside when it holds some (a demo directory)."""
         rd = cls(path)
+        if not rd.path.exists():
+            raise RunDirError(f"run directory not found: {rd.path}")
         if not rd.path.is_dir():
-            raise RunDirError(f"run directory to resume not found: {rd.path}")
+            raise RunDirError(f"{rd.path} is a file, not a run directory")
         for name in (CONFIG, STATE):
             if not (rd.path / name).is_file():
-                raise RunDirError(f"{rd.path} is not a srum-ray run directory ({name} missing)")
+                inside = sorted(d.name for d in rd.path.iterdir() if (d / CONFIG).is_file() and (d / STATE).is_file())
+                hint = f"; the runs inside it: {', '.join(inside)}" if inside else ""
+                raise RunDirError(f"{rd.path} is not a srum-ray run directory ({name} missing){hint}")
         try:
             rd.state()
         except (json.JSONDecodeError, KeyError) as e:
             raise RunDirError(f"{rd.path / STATE} is corrupt: {e}") from e
         return rd
+
+    def check_resumable(self, rounds: int) -> None:
+        """Raise :class:`RunDirError` if a resume to ``rounds`` rounds cannot work: fewer rounds
+        than are already complete, or a completed round's checkpoint missing or incomplete
+        (what the learner and the generators restore from), checked before any model loads."""
+        last = self.state()["last_completed_round"]
+        if rounds < last + 1:
+            raise RunDirError(
+                f"run.rounds={rounds} is below the {last + 1} rounds already complete in {self.path}"
+            )
+        if last < 0:
+            return
+        ckpt = self.checkpoint_dir(last)
+        missing = [n for n in CHECKPOINT_FILES if not (ckpt / n).exists()]
+        if missing:
+            raise RunDirError(
+                f"cannot resume {self.path}: the checkpoint of round {last} ({ckpt}) is "
+                f"{'missing' if not ckpt.is_dir() else 'incomplete: no ' + ', '.join(missing)}"
+            )
 
     def load_config(self, overrides: Iterable[str] = ()) -> SrumConfig:
         try:

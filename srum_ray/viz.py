@@ -16,7 +16,7 @@ from PIL import Image, ImageDraw, ImageFont
 from srum_ray.types import SampleRecord
 
 PANEL = 256
-CAPTION = 44
+CAPTION = 62
 
 
 def _font() -> ImageFont.ImageFont:
@@ -84,7 +84,22 @@ def overlay_picture(image: Image.Image, rec: SampleRecord, reward_map: np.ndarra
         fill="black",
         font=font,
     )
+    _reward_legend(d, (4, size[1] + 42), neutral, span, font)
     return out
+
+
+def _reward_legend(d: ImageDraw.ImageDraw, xy: tuple[int, int], neutral: float, span: float, font) -> None:
+    """The reward map's colour scale, ``neutral - span`` (blue) to ``neutral + span`` (red)."""
+    x, y = xy
+    lo, hi = neutral - span, neutral + span
+    label = f"reward map  {lo:g}"
+    d.text((x, y), label, fill="black", font=font)
+    x0 = x + round(d.textlength(label, font=font)) + 6
+    ramp = diverging_rgb(np.linspace(lo, hi, 120)[None, :], neutral, span)[0]
+    for i, colour in enumerate(ramp):
+        d.line([x0 + i, y + 1, x0 + i, y + 10], fill=tuple(int(c) for c in colour))
+    d.rectangle([x0, y + 1, x0 + 119, y + 10], outline=(120, 120, 120))
+    d.text((x0 + 126, y), f"{hi:g}   (white: {neutral:g}, neutral)", fill="black", font=font)
 
 
 def contact_sheet(pictures: Sequence[Image.Image], columns: int = 4) -> Image.Image:
@@ -137,8 +152,11 @@ def line_plot(
     y_label: str,
     y_range: tuple[float, float] | None = None,
     size: tuple[int, int] = (640, 400),
+    x_tick_labels: dict[float, str] | None = None,
 ) -> Image.Image:
-    """A line chart of named ``(x, y)`` series with axes, ticks and a legend (PIL only)."""
+    """A line chart of named ``(x, y)`` series with axes, ticks and a legend (PIL only).
+
+    Every x value of the data gets a tick, labelled with the number or ``x_tick_labels[x]``."""
     w, h = size
     left, right, top, bottom = 56, 150, 30, 40
     img = Image.new("RGB", size, "white")
@@ -170,7 +188,8 @@ def line_plot(
     for xv in sorted({p[0] for p in points}):
         xp, _ = px(xv, y0)
         d.line([xp, h - bottom, xp, h - bottom + 4], fill=(0, 0, 0))
-        d.text((xp - 4, h - bottom + 6), f"{xv:g}", fill=(0, 0, 0), font=font)
+        label = (x_tick_labels or {}).get(xv, f"{xv:g}")
+        d.text((xp - 3 * len(label), h - bottom + 6), label, fill=(0, 0, 0), font=font)
     d.text((left, 8), title, fill=(0, 0, 0), font=font)
     d.text(((w - right + left) / 2 - 20, h - 16), x_label, fill=(0, 0, 0), font=font)
     d.text((4, top - 16), y_label, fill=(0, 0, 0), font=font)

@@ -39,7 +39,10 @@ def cli(*args, cwd=ROOT):
          "grounder.sam.checkpoint is required"),
         (["run", "--config", "configs/tiny.yaml", "grounder.kind=sam_hf"],
          "grounder.sam.checkpoint is required for grounder.kind=sam_hf"),
-        (["run", "--resume", "/no/such/run"], "run directory to resume not found"),
+        (["run", "--resume", "/no/such/run"], "run directory not found: /no/such/run"),
+        (["run", "--config", "configs/tiny.yaml", "run.dtype=float16"], "run.dtype=float16 needs train.engine=deepspeed"),
+        (["demo", "--arms", "srum,srumm"], "--arms: unknown arm 'srumm'; allowed: srum, sft"),
+        (["show", "configs/tiny.yaml"], "configs/tiny.yaml is a file, not a run directory"),
         (["check", "--config", "configs/tiny.yaml", "train.batch_size=99"], "train.batch_size = 99"),
         (["check", "--config", "configs/tiny.yaml", "model.backend=nope"], "model.backend = 'nope' is not registered"),
     ],
@@ -111,3 +114,69 @@ def test_plugin_backend_is_imported_and_checked(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "srum_ray.cli", "check", "--config", "configs/tiny.yaml",
                           "model.backend=mine"], cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
     assert bad.returncode == 2 and "model.backend = 'mine' is not registered (allowed: " in bad.stderr
+
+
+def test_device_and_output_dir_are_checked(tmp_path):
+    import torch
+
+    if not torch.cuda.is_available():
+        p = cli("check", "--config", "configs/tiny.yaml", "run.device=cuda")
+        assert p.returncode == 2 and "run.device=cuda but torch sees no CUDA device" in p.stderr
+    a_file = tmp_path / "afile"
+    a_file.write_text("")
+    for out in (a_file, a_file / "below"):
+        p = cli("check", "--config", "configs/tiny.yaml", f"run.output_dir={out}")
+        assert p.returncode == 2 and f"run.output_dir: {a_file} is a file, not a directory" in p.stderr
+    p = cli("demo", "--val-prompts", "-1")
+    assert p.returncode == 2 and "--val-prompts: must be at least 1, got -1" in p.stderr
+
+
+def test_resume_mistakes_stop_before_any_model_loads(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(ROOT)
+    assert main(["run", "--config", "configs/tiny.yaml", f"run.output_dir={tmp_path}", "run.progress=false", "run.rounds=2"]) == 0
+    run_dir = Path(capsys.readouterr().out.strip().splitlines()[-1])
+    config_before = (run_dir / "config.yaml").read_text()
+
+    import srum_ray.loop
+
+    def no_models(cfg):
+        raise AssertionError("models were built")
+
+    monkeypatch.setattr(srum_ray.loop, "build_runtime", no_models)
+
+    def fails(*args):
+        assert main(["run", "--resume", str(run_dir), *args]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("srum-ray: error: ")
+        return err[0]
+
+    assert "run.rounds=1 is below the 2 rounds already complete" in fails("run.rounds=1")
+    assert "unknown key train.lrr" in fails("train.lrr=1")
+    assert "--config and --resume exclude each other" in main_with_config(run_dir, capsys)
+    # nothing to do: said before any model loads
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    assert "nothing to do: 2 rounds of 2 already complete" in capsys.readouterr().err
+    assert (run_dir / "config.yaml").read_text() == config_before  # no failed resume rewrote it
+    (run_dir / "checkpoints/0001/trainable.safetensors").unlink()
+    msg = fails("run.rounds=3")
+    assert "checkpoint of round 1" in msg and "incomplete: no trainable.safetensors" in msg
+    assert (run_dir / "config.yaml").read_text() == config_before
+    # a directory holding runs (a demo directory) names them
+    assert main(["show", str(tmp_path)]) == 2
+    assert f"the runs inside it: {run_dir.name}" in capsys.readouterr().err
+
+
+def main_with_config(run_dir, capsys) -> str:
+    assert main(["run", "--config", "configs/tiny.yaml", "--resume", str(run_dir)]) == 2
+    return capsys.readouterr().err
+
+
+def test_a_closed_pipe_ends_show_quietly():
+    code = (
+        "import sys, srum_ray.cli as c\n"
+        "def show(args):\n    raise BrokenPipeError(32, 'Broken pipe')\n"
+        "c.cmd_show = show  # build_parser reads the name when main builds it\n"
+        "sys.exit(c.main(['show', 'anything']))\n"
+    )
+    p = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0 and "Traceback" not in p.stderr, p.stderr

@@ -212,3 +212,26 @@ def test_a_wrong_flag_or_key_is_caught():
     with pytest.raises(AssertionError, match="no module"):
         check_command(shlex.split("python -m srum_ray.no_such_module"))
     assert split("a [--seed S] b ... # c") == [["a", "b"]]
+
+
+def test_the_architecture_module_map_names_files_that_exist():
+    """docs/ARCHITECTURE.md's module map: every entry under srum_ray/, actors/ and bench/ is
+    a file (or folder) at that place, e.g. ``models/diffusers_gen.py, _families.py``."""
+    text = (ROOT / "docs/ARCHITECTURE.md").read_text()
+    block = text.split("## Modules", 1)[1].split("```", 2)[1]
+    top, checked, missing = None, 0, []
+    for line in block.splitlines():
+        if re.fullmatch(r"[\w]+/\s.*|[\w]+/", line):  # a top folder, maybe with a note
+            top = line.split()[0]
+            continue
+        entry = re.match(r"  (\S[^ ]*(?:, \S+)*)  ", line + "  ")
+        if top is None or entry is None or line.startswith("   "):
+            continue  # a continuation line of a description
+        names = entry.group(1).split(", ")
+        first = Path(top) / names[0]
+        for name in names:
+            path = first if name == names[0] else first.parent / name
+            checked += 1
+            if not (ROOT / path).exists():
+                missing.append(str(path))
+    assert checked > 50 and not missing, f"module map names files that do not exist: {missing}"

@@ -50,3 +50,21 @@ def test_line_plot_draws_each_series_on_a_round_axis():
     assert not (px == SERIES_COLOURS[2]).all(axis=1).any()
     fixed = line_plot(series, title="t", x_label="round", y_label="%", y_range=(0.0, 100.0))
     assert np.asarray(fixed).shape == (400, 640, 3)
+
+
+@pytest.mark.parametrize("convention, ends", [("paper", (-1.0, 1.0)), ("public_code", (0.0, 1.0))])
+def test_overlay_has_a_reward_map_legend_of_its_convention(convention, ends):
+    from PIL import Image
+
+    from srum_ray.types import SampleRecord
+    from srum_ray.viz import CAPTION, PANEL, diverging_rgb, overlay_picture
+
+    rec = SampleRecord(id="a", round=0, prompt="a red circle", seed=0, weights_version=0, boxes=[(4, 4, 30, 30)], kept=[True],
+                       region_scores=[0.5], global_score=0.2, alpha=0.6, convention=convention, overlap="default")
+    pic = overlay_picture(Image.new("RGB", (64, 64), "white"), rec, np.zeros((64, 64)))
+    assert pic.size == (2 * PANEL + 6, PANEL + CAPTION)
+    legend = np.asarray(pic)[PANEL + 42 :].reshape(-1, 3)  # the caption's last line only
+    neutral, span = (ends[0] + ends[1]) / 2, (ends[1] - ends[0]) / 2
+    for end in ends:  # the scale's two ends, in the colours the map uses for them
+        colour = diverging_rgb(np.array([[end]]), neutral, span)[0, 0].astype(int)
+        assert (np.abs(legend.astype(int) - colour) <= 8).all(axis=1).sum() >= 8

@@ -200,6 +200,12 @@ class TorchEngine(Engine):
                 ).float()
             anchor = {"ref_pred": v_pred, "ref_target": v_base}
         loss = srum_flow_loss(v_pred, target, batch.weights.to(dev).float(), lambda_c, **anchor)
+        if not torch.isfinite(loss.total):
+            # one such step would turn every weight into NaN and every later round into noise
+            raise FloatingPointError(
+                f"non-finite loss ({float(loss.total):g}) at learner step {self.global_step}; the "
+                "weights were not updated (lower train.lr, or train in float32)"
+            )
         self.optimizer.zero_grad(set_to_none=True)
         loss.total.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.params, self.cfg.grad_clip)

@@ -222,7 +222,7 @@ def comparison_sheet(prompts: Sequence[PromptSpec], rows: dict[str, Sequence[Ima
     tiles = []
     for arm, images in rows.items():
         for i in range(min(n, len(prompts))):
-            tile = labelled(images[i], arm)
+            tile = labelled(images[i], f"{i + 1} {arm}")  # the number of its prompt below
             ImageDraw.Draw(tile).rectangle([0, tile.size[1] - 4, tile.size[0], tile.size[1]], fill=(40, 160, 60) if ok[arm][i] else (200, 40, 40))
             tiles.append(tile)
     sheet = contact_sheet(tiles, columns=min(n, len(prompts)))
@@ -234,6 +234,17 @@ def comparison_sheet(prompts: Sequence[PromptSpec], rows: dict[str, Sequence[Ima
     out.paste(sheet, (0, 0))
     out.paste(caption, (0, sheet.size[1]))
     return out
+
+
+def format_round_table(results: dict[str, ArmResult]) -> str:
+    """Validation accuracy and share drawn per arm: base weights, then after each round."""
+    rounds = max((len(r.val_curve) for r in results.values()), default=1) - 1
+    head = ["arm", "base", *(f"after round {r}" for r in range(rounds))]
+    lines = ["| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    for arm, res in results.items():
+        for what, points in (("accuracy", res.val_curve), ("drawn", res.val_drawn)):
+            lines.append(f"| {arm} {what} | " + " | ".join(f"{100 * v:.1f}" for _, v in points) + " |")
+    return "\n".join(lines)
 
 
 def format_table(results: dict[str, dict], keys: Sequence[str]) -> str:
@@ -354,12 +365,16 @@ def write_outputs(
     from srum_ray.viz import line_plot
 
     keys = [c for c in CATEGORIES if c in tables["base"]] + ["overall"]
-    series = {arm: [(float(r + 1), 100 * acc) for r, acc in res.val_curve] for arm, res in results.items()}
-    line_plot(series, title="validation accuracy (exact evaluator) after each round; 0 = base", x_label="round", y_label="% right").save(demo_dir / "accuracy_per_round.png")
-    ink_series = {arm: [(float(r + 1), 100 * ink) for r, ink in res.val_drawn] for arm, res in results.items()}
-    n_points = max((len(v) for v in ink_series.values()), default=1)
-    ink_series["ground truth"] = [(0.0, 100 * val_truth_ink), (float(max(1, n_points - 1)), 100 * val_truth_ink)]
-    line_plot(ink_series, title="share of the canvas drawn (validation) after each round; 0 = base", x_label="round", y_label="% drawn").save(demo_dir / "drawn_per_round.png")
+    # x: the round after which the weights were taken (-1: the base weights), as in report.md
+    base_tick = {-1.0: "base"}
+    series = {arm: [(float(r), 100 * acc) for r, acc in res.val_curve] for arm, res in results.items()}
+    line_plot(series, title="validation accuracy (exact evaluator): base weights, then after each round", x_label="after round",
+              y_label="% right", x_tick_labels=base_tick).save(demo_dir / "accuracy_per_round.png")
+    ink_series = {arm: [(float(r), 100 * ink) for r, ink in res.val_drawn] for arm, res in results.items()}
+    last = max((r for res in results.values() for r, _ in res.val_drawn), default=0)
+    ink_series["ground truth"] = [(-1.0, 100 * val_truth_ink), (float(max(0, last)), 100 * val_truth_ink)]
+    line_plot(ink_series, title="share of the canvas drawn (validation): base weights, then after each round", x_label="after round",
+              y_label="% drawn", x_tick_labels=base_tick).save(demo_dir / "drawn_per_round.png")
     if "srum" in results:
         run_dir = Path(results["srum"].run_dir)
         rounds = sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]"))
@@ -411,11 +426,11 @@ satisfies every constraint (exact evaluator), in %. Wall time {seconds / 60:.1f}
 {format_drawn_table(drawn)}
 
 ## Validation after each round
-Accuracy (first value: base weights), plot: accuracy_per_round.png
-{chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_curve) for arm, r in results.items())}
+Accuracy in % (plot: accuracy_per_round.png) and share of the canvas drawn in % (ground truth
+{100 * val_truth_ink:.1f}; plot: drawn_per_round.png) of the base weights and of each arm's
+weights after each round (rounds numbered from 0, as in the run directories).
 
-Share of the canvas drawn, in % (ground truth {100 * val_truth_ink:.1f}), plot: drawn_per_round.png
-{chr(10).join(f"- {arm}: " + ", ".join(f"{100 * a:.1f}" for _, a in r.val_drawn) for arm, r in results.items())}
+{format_round_table(results)}
 {drift_lines}
 
 ## Understanding vs generation (base model, test prompts)
@@ -423,6 +438,6 @@ Share of the canvas drawn, in % (ground truth {100 * val_truth_ink:.1f}), plot: 
 
 Pictures: reward_maps_round_first.png / reward_maps_round_last.png (SRUM's judged samples:
 boxes, region scores, reward map), test_images.png (the same test prompts, one row per model;
-green bar = correct). Runs: {", ".join(f"{a}: {r.run_dir}" for a, r in results.items())}
+green bar = correct). Runs: {", ".join(f"{a}: {Path(r.run_dir).resolve()}" for a, r in results.items())}
 """
     (demo_dir / "report.md").write_text(text)

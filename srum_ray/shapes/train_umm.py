@@ -215,7 +215,8 @@ def train_understanding(
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", default="weights/shapes-umm")
+    ap.add_argument("--out", default="runs/shapes-umm",
+                    help="output directory (the shipped model is weights/shapes-umm: name it to replace it)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--gen-steps", type=int, default=2400)
     ap.add_argument("--gen-batch", type=int, default=64)

@@ -55,6 +55,18 @@ def test_training_reduces_loss_and_updates_only_the_transformer(cfg):
     assert all(torch.equal(frozen[k], v) for k, v in gen.vae.state_dict().items())
 
 
+def test_a_non_finite_loss_stops_before_the_weights_change(cfg):
+    gen = TinyGenerator(cfg.model.tiny, cfg.generation)
+    batch = make_batch(gen)
+    batch.weights[0, 0, 0, 0] = float("nan")
+    eng = TorchEngine(gen, cfg.train)
+    before = {k: v.clone() for k, v in gen.trainable_module().state_dict().items()}
+    with pytest.raises(FloatingPointError, match="non-finite loss \\(nan\\) at learner step 0"):
+        eng.train_batch(batch, lambda_c=0.5)
+    after = gen.trainable_module().state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before) and eng.global_step == 0
+
+
 def test_lambda_and_weights_reach_the_loss(cfg):
     gen = TinyGenerator(cfg.model.tiny, cfg.generation)
     eng = TorchEngine(gen, cfg.train)

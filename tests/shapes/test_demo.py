@@ -58,7 +58,9 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
     val = subsample(load_split_prompts("configs/prompts/shapes/val.jsonl"), 6)
     assert res["val_drawn_ground_truth"] == pytest.approx(drawn_objects(ground_truth_images(val, 3))["ink"])
     rounds = report.split("## Validation after each round", 1)[1].split("##", 1)[0]
-    assert "- srum: " + ", ".join(f"{100 * ink:.1f}" for _, ink in res["val_drawn"]["srum"]) in rounds
+    assert "| arm | base | after round 0 | after round 1 |" in rounds
+    assert "| srum drawn | " + " | ".join(f"{100 * ink:.1f}" for _, ink in res["val_drawn"]["srum"]) + " |" in rounds
+    assert "| sft accuracy | " + " | ".join(f"{100 * a:.1f}" for _, a in res["val_curves"]["sft"]) + " |" in rounds
     assert all(f"Drift warning: {w}" in rounds for w in res["warnings"])
     assert res["warnings"] or "No round's weights drew more than" in rounds
     for name in ("accuracy_per_round.png", "drawn_per_round.png", "reward_maps_round_first.png", "reward_maps_round_last.png", "test_images.png"):
