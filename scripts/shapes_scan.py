@@ -3,7 +3,7 @@ docs/RESULTS.md ("Hyperparameter scan").
 
     .venv/bin/python scripts/shapes_scan.py --name NAME [--arm srum] [--seed 0]
         [--test-prompts 600] [--eval-guidance 3.0] [--oracle binary|filter]
-        [--generator FILE] [--out runs/scan] [key.path=value ...]
+        [--generator FILE] [--score-every N] [--out runs/scan] [key.path=value ...]
 
 Runs the arm (``srum``, ``sft``, an ablation name, or ``base`` for no training) with
 ``configs/shapes.yaml`` plus the overrides in the single-process runtime (the same rounds as the
@@ -16,6 +16,9 @@ line per run to ``OUT/scan.jsonl`` and prints it: accuracy per category, the sha
 constraints of each kind that hold, and what the images draw (objects per image, share of
 pixels drawn: self-training drift shows there first). ``--arm base --generator FILE`` scores other
 generator weights (e.g. ``train_umm --snapshot-every`` snapshots: the ground-truth curve).
+``--score-every N`` also scores the checkpoints of rounds 0, N, 2N, ... (the last round is
+always scored) and records their accuracy as ``per_round``: drift or a gain that fades shows
+there (needs ``output.keep_all_checkpoints``, on in the shapes configs).
 """
 
 from __future__ import annotations
@@ -57,11 +60,15 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--generator", default=None,
                     help="with --arm base: score these generator weights (a generator.safetensors, "
                          "e.g. a train_umm snapshot) instead of the config's checkpoint")
+    ap.add_argument("--score-every", type=int, default=0, metavar="N",
+                    help="also score the checkpoints of rounds 0, N, 2N, ... (0: the last round only)")
     ap.add_argument("--out", default="runs/scan")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if args.oracle and args.arm == "base":
         ap.error("--oracle needs an arm that trains, not base")
+    if args.score_every < 0:
+        ap.error("--score-every must be 0 (last round only) or a positive number of rounds")
     if args.generator is not None:
         if args.arm != "base":
             ap.error("--generator scores given weights: use it with --arm base")
@@ -91,6 +98,12 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         ev.load(None if run_dir is None else checkpoint_state(run_dir, cfg.run.rounds - 1))
     scored = score_summary(ev.score(test)[0])
+    per_round = []
+    if run_dir is not None and args.score_every:
+        for r in range(0, cfg.run.rounds - 1, args.score_every):
+            ev.load(checkpoint_state(run_dir, r))
+            per_round.append({"round": r, **score_summary(ev.score(test)[0])})
+        per_round.append({"round": cfg.run.rounds - 1, **scored})
     t2 = time.perf_counter()
 
     globals_ = []
@@ -103,7 +116,8 @@ def main(argv: list[str] | None = None) -> dict:
         "seed": args.seed, "overrides": args.overrides,
         "eval_guidance": eval_cfg.generation.guidance_scale, "n_test": len(test),
         **scored,
-        "global_score_per_round": globals_, "run_dir": None if run_dir is None else str(run_dir),
+        "global_score_per_round": globals_, "per_round": per_round,
+        "run_dir": None if run_dir is None else str(run_dir),
         "train_s": round(t1 - t0), "eval_s": round(t2 - t1),
     }
     out.mkdir(parents=True, exist_ok=True)

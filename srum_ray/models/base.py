@@ -25,6 +25,16 @@ from PIL import Image
 from srum_ray.types import Box
 
 
+def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
+    """``torch.float32`` / ``"bfloat16"`` / ... -> a floating ``torch.dtype``."""
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+    if dtype not in names:
+        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
+    return names[dtype]
+
+
 def check_files(path: str | Path, required: Sequence[str], what: str) -> Path:
     """Raise a one-line ``FileNotFoundError`` naming ``path`` if any required file is absent."""
     root = Path(path)

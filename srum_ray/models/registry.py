@@ -98,7 +98,7 @@ def build_model(
         ValueError: unknown backend (the message lists the allowed ones).
         FileNotFoundError: a configured checkpoint is missing or incomplete.
     """
-    from srum_ray.models.tiny import as_dtype
+    from srum_ray.models.base import as_dtype
 
     reg = registry if registry is not None else BACKENDS
     unknown = set(parts) - {"generator", "understanding"}

@@ -29,7 +29,7 @@ from PIL import Image
 from transformers import CLIPTextConfig, CLIPTextModelWithProjection, PreTrainedTokenizerFast
 
 from srum_ray.config.schema import GenerationConfig, TinyModelConfig
-from srum_ray.models.base import check_files  # noqa: F401 - re-exported
+from srum_ray.models.base import as_dtype, check_files  # noqa: F401 - re-exported
 from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times, own_weights
 from srum_ray.models.tokenizer import build_tokenizer
 
@@ -48,16 +48,6 @@ _GEN_FILES = (
 )
 #: VAE latent normalisation (deliberately not 1/0 so that the conversion is exercised)
 VAE_SCALING, VAE_SHIFT = 1.5, 0.1
-
-
-def as_dtype(dtype: torch.dtype | str) -> torch.dtype:
-    """``torch.float32`` / ``"bfloat16"`` / ... -> a floating ``torch.dtype``."""
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    names = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-    if dtype not in names:
-        raise ValueError(f"unknown dtype {dtype!r}; expected one of {sorted(names)}")
-    return names[dtype]
 
 
 def _build_components(cfg: TinyModelConfig, tokenizer: PreTrainedTokenizerFast) -> dict:

@@ -86,14 +86,14 @@ def best_of_k(
 
 def load_model(config: str, overrides: Sequence[str]) -> tuple:
     """``(cfg, model)``: the config with overrides, the thread count it asks for set, and its
-    unified model built on CPU (what the shapes diagnostics run on)."""
+    unified model built on ``run.device``."""
     from srum_ray.config.load import load_config
     from srum_ray.models.registry import build_model
-    from srum_ray.runtime.local import apply_cpu_threads
+    from srum_ray.runtime.local import apply_cpu_threads, resolve_device
 
     cfg = load_config(config, list(overrides))
     apply_cpu_threads(cfg)
-    return cfg, build_model(cfg.model, cfg.generation, "cpu")
+    return cfg, build_model(cfg.model, cfg.generation, resolve_device(cfg.run.device))
 
 
 def format_summary(summary: dict, k: int) -> str:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import torch
 from PIL import Image
 
 from srum_ray.config.schema import GenerationConfig
@@ -136,7 +138,7 @@ def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
     scan = _scan_module()
     common = ["--seed", "3", "--test-prompts", "8", "--out", str(tmp_path / "scan")]
     base = scan.main(["--name", "b", "--arm", "base", "--eval-guidance", "1.0", *common, *tiny_overrides(checkpoint)])
-    arm = scan.main(["--name", "s", *common, *tiny_overrides(checkpoint)])
+    arm = scan.main(["--name", "s", "--score-every", "1", *common, *tiny_overrides(checkpoint)])
     lines = [json.loads(x) for x in (tmp_path / "scan" / "scan.jsonl").read_text().splitlines()]
     assert [x["name"] for x in lines] == ["b", "s"]
     assert base["run_dir"] is None and base["global_score_per_round"] == []
@@ -146,6 +148,29 @@ def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
     # the arm really ran its two rounds and left its weights
     assert len(arm["global_score_per_round"]) == 2
     assert (tmp_path / "scan" / "s").is_dir()
+    # --score-every 1: both rounds' checkpoints scored, the last one being the line's own score
+    assert [p["round"] for p in arm["per_round"]] == [0, 1] and base["per_round"] == []
+    assert arm["per_round"][-1]["accuracy"] == arm["accuracy"]
+    ev = scan.Evaluator(scan.load_config("configs/shapes.yaml", ["runtime.mode=local", *tiny_overrides(checkpoint)]), 3)
+    ev.load(scan.checkpoint_state(Path(arm["run_dir"]), 0))
+    prompts = scan.subsample(scan.load_split_prompts(scan.PROMPT_DIR / "test.jsonl"), 8)
+    assert scan.score_summary(ev.score(prompts)[0]) == {k: v for k, v in arm["per_round"][0].items() if k != "round"}
+    with pytest.raises(SystemExit):
+        scan.main(["--name", "x", "--score-every", "-1", "--out", str(tmp_path / "scan")])
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_evaluator_builds_on_the_runs_device(checkpoint):
+    """The scoring runs where the rounds run (run.device), so a cuda config without CUDA stops
+    with the same one-line error as the rounds, before any image is drawn."""
+    from srum_ray.config.load import load_config
+    from srum_ray.shapes.demo import Evaluator
+
+    cfg = load_config("configs/shapes.yaml", [*tiny_overrides(checkpoint), "run.device=cuda"])
+    with pytest.raises(RuntimeError, match="run.device is cuda but torch sees no CUDA device"):
+        Evaluator(cfg, 0)
+    cpu = Evaluator(load_config("configs/shapes.yaml", tiny_overrides(checkpoint)), 0)
+    assert next(cpu.generator.trainable_module().parameters()).device.type == "cpu"
 
 
 def test_scan_script_oracle_filter_drops_wrong_samples(checkpoint, tmp_path):
