@@ -67,10 +67,14 @@ def register_backend(name: str, registry: BackendRegistry | None = None):
 
 
 def resolve_device(device: str | torch.device) -> str:
-    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else unchanged."""
-    if str(device) == "auto":
+    """``"auto"`` -> ``"cuda"`` when available else ``"cpu"``; anything else unchanged, except
+    that a CUDA device without CUDA is a one-line error (before any weights are read)."""
+    name = str(device)
+    if name == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return str(device)
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"run.device is {name} but torch sees no CUDA device")
+    return name
 
 
 def build_model(

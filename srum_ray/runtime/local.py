@@ -23,7 +23,7 @@ from srum_ray.judging.judge import Judge
 from srum_ray.learner import build_engine
 from srum_ray.learner.engine import Engine
 from srum_ray.models.base import GenerationModel
-from srum_ray.models.registry import build_model
+from srum_ray.models.registry import build_model, resolve_device  # noqa: F401 - re-exported
 from srum_ray.runtime.base import OnBatch, Runtime
 from srum_ray.stages import filter_stage, generate_stage, judge_stage, propose_stage
 from srum_ray.types import RolloutBatch
@@ -35,14 +35,6 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 class ModelLoadError(RuntimeError):
     """A checkpoint or model could not be built (one line naming the path and problem)."""
-
-
-def resolve_device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError("run.device is cuda but torch sees no CUDA device")
-    return name
 
 
 @dataclass

@@ -89,11 +89,11 @@ def load_model(config: str, overrides: Sequence[str]) -> tuple:
     unified model built on ``run.device``."""
     from srum_ray.config.load import load_config
     from srum_ray.models.registry import build_model
-    from srum_ray.runtime.local import apply_cpu_threads, resolve_device
+    from srum_ray.runtime.local import apply_cpu_threads
 
     cfg = load_config(config, list(overrides))
     apply_cpu_threads(cfg)
-    return cfg, build_model(cfg.model, cfg.generation, resolve_device(cfg.run.device))
+    return cfg, build_model(cfg.model, cfg.generation, cfg.run.device)
 
 
 def format_summary(summary: dict, k: int) -> str:

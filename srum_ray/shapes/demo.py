@@ -167,10 +167,9 @@ class Evaluator:
 
     def __init__(self, cfg: SrumConfig, seed: int, on_images: Callable[[int], None] | None = None) -> None:
         from srum_ray.models.registry import build_model
-        from srum_ray.runtime.local import resolve_device
 
         # on the run's device: the images a seed gives differ between devices only by rounding
-        self.generator = build_model(cfg.model, cfg.generation, resolve_device(cfg.run.device), parts=("generator",)).generator
+        self.generator = build_model(cfg.model, cfg.generation, cfg.run.device, parts=("generator",)).generator
         self.base_state = {k: v.clone() for k, v in self.generator.trainable_module().state_dict().items()}
         self.seed = seed
         self.on_images = on_images  # called with the number of images drawn (progress)
@@ -345,10 +344,9 @@ def run_demo(
 
     # the understanding-vs-generation gap of the base model, on the same test prompts
     from srum_ray.models.registry import build_model
-    from srum_ray.runtime.local import resolve_device
     from srum_ray.shapes.measure import understanding_vs_generation
 
-    und = build_model(base_cfg.model, base_cfg.generation, resolve_device(base_cfg.run.device), parts=("understanding",)).understanding
+    und = build_model(base_cfg.model, base_cfg.generation, base_cfg.run.device, parts=("understanding",)).understanding
     gap = understanding_vs_generation(ev.generator, und, [p.spec for p in test], seed, images=base_images)
 
     tables = {"base": base_test, **{arm: r.test for arm, r in results.items()}}

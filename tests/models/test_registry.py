@@ -54,6 +54,19 @@ def test_local_registry_does_not_touch_the_global_one():
         reg.get("tiny")
 
 
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_a_cuda_device_without_cuda_is_refused_before_building():
+    assert resolve_device("auto") == "cpu" and resolve_device("cpu") == "cpu"
+    for name in ("cuda", "cuda:1", torch.device("cuda", 0)):
+        with pytest.raises(RuntimeError, match="but torch sees no CUDA device"):
+            resolve_device(name)
+    reg, calls = BackendRegistry(), []
+    reg.register("fake")(lambda *a, **k: calls.append(a))
+    with pytest.raises(RuntimeError, match="run.device is cuda but"):
+        build_model(ModelConfig(backend="fake"), GEN, "cuda", registry=reg)
+    assert calls == []
+
+
 def test_checkpoint_round_trip_and_errors(tmp_path):
     cfg = ModelConfig(tiny=TinyModelConfig(image_size=32, seed=4))
     model = build_model(cfg, GEN)
