@@ -19,12 +19,17 @@ class PromptFileError(ValueError):
     """A prompt file is missing, unreadable or malformed (message names file and line)."""
 
 
+def cwd_hint(path: Path) -> str:
+    """For a missing relative path: where it was looked for (configs name paths from the
+    repository root)."""
+    return "" if path.is_absolute() else f" (relative to {Path.cwd()}: run from the repository root)"
+
+
 def read_prompt_file(path: str | Path) -> list[str]:
     """Prompts of one file, in file order."""
     path = Path(path)
     if not path.exists():
-        where = "" if path.is_absolute() else f" (relative to {Path.cwd()}: run from the repository root)"
-        raise PromptFileError(f"prompt file not found: {path}{where}")
+        raise PromptFileError(f"prompt file not found: {path}{cwd_hint(path)}")
     if not path.is_file():
         raise PromptFileError(f"prompt path is not a file: {path}")
     try:

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 
 from srum_ray.config.schema import SrumConfig
-from srum_ray.data import PromptFileError, load_prompts
+from srum_ray.data import PromptFileError, cwd_hint, load_prompts
 
 
 class PreflightError(ValueError):
@@ -17,8 +17,7 @@ class PreflightError(ValueError):
 def _check_readable(key: str, path: str, want_dir: bool | None = None) -> None:
     p = Path(path)
     if not p.exists():
-        where = "" if p.is_absolute() else f" (relative to {Path.cwd()}: run from the repository root)"
-        raise PreflightError(f"{key}: path not found: {p}{where}")
+        raise PreflightError(f"{key}: path not found: {p}{cwd_hint(p)}")
     if want_dir is True and not p.is_dir():
         raise PreflightError(f"{key}: expected a directory, got a file: {p}")
     if want_dir is False and not p.is_file():
@@ -102,11 +101,13 @@ def _check_device(cfg: SrumConfig) -> None:
             "run.dtype=float16 needs train.engine=deepspeed (fp16 loss scaling and float32 "
             "master weights); the torch engine trains in float32 or bfloat16"
         )
-    if cfg.runtime.mode == "local" and cfg.run.device.startswith("cuda"):
-        import torch
+    if cfg.runtime.mode == "local":
+        from srum_ray.models.registry import resolve_device
 
-        if not torch.cuda.is_available():
+        try:  # the check every model build makes, here before anything loads
+            resolve_device(cfg.run.device)
+        except RuntimeError as e:
             raise PreflightError(
                 f"run.device={cfg.run.device} but torch sees no CUDA device on this machine "
                 "(use run.device=auto or cpu)"
-            )
+            ) from e

@@ -218,12 +218,12 @@ def build_processor(root: Path, family: Family) -> Any:
     Tries :class:`transformers.AutoProcessor`; when that fails (typically: torchvision
     missing for the video processor), builds the family's processor by hand from the PIL
     image processor, the tokenizer, the chat template and ``processor_config.json``'s
-    settings.
+    settings. ``family`` comes from :func:`checkpoint_family`, which has checked the package
+    the processor needs.
 
     Raises:
         ValueError: (one line) naming the processor class and why it cannot be built.
     """
-    check_needs(family)
     kw = {"local_files_only": True}
     try:
         return transformers.AutoProcessor.from_pretrained(root, **kw)
