@@ -112,10 +112,29 @@ class ShapesNetConfig:
     #: the transformer, velocity prediction; ``dit``: the plain patch transformer, x-prediction
     arch: str = "udit"
     conv_channels: tuple[int, ...] = (16, 32, 64)
+    #: the generator's latent space: ``pixels`` (the image, space-to-depth by ``unshuffle``) or
+    #: ``scene`` (a ``grid x grid`` scene-grid latent, :mod:`srum_ray.shapes.scene_latent`,
+    #: decoded by the world's renderer; needs ``arch: dit``)
+    latent: str = "pixels"
+    grid: int = 4
+    #: what ``arch: dit`` predicts: ``x`` (the clean latent, turned into a velocity; the pixel
+    #: DiT, whose tokens are narrower than their patches) or ``v`` (the velocity itself: the
+    #: scene latent's 17 numbers a cell fit in a token, and x-prediction's 1/t^2 weighting of
+    #: the v-loss would train the low-noise end, not the layout)
+    prediction: str = "x"
 
     def __post_init__(self) -> None:
         if self.arch not in ("dit", "udit"):
             raise ValueError(f"ShapesNetConfig.arch must be 'dit' or 'udit', got {self.arch!r}")
+        if self.prediction not in ("x", "v"):
+            raise ValueError(f"ShapesNetConfig.prediction must be 'x' or 'v', got {self.prediction!r}")
+        if self.latent not in ("pixels", "scene"):
+            raise ValueError(f"ShapesNetConfig.latent must be 'pixels' or 'scene', got {self.latent!r}")
+        if self.latent == "scene" and (self.arch != "dit" or self.grid % self.patch or self.canvas % self.grid):
+            raise ValueError(
+                f"a scene latent needs arch 'dit', a grid ({self.grid}) that the patch ({self.patch}) divides "
+                f"and that divides the canvas ({self.canvas}); got arch {self.arch!r}"
+            )
         self.conv_channels = tuple(int(c) for c in self.conv_channels)
         if self.arch == "udit" and 2 ** (len(self.conv_channels) - 1) != self.unshuffle:
             raise ValueError(
@@ -126,11 +145,15 @@ class ShapesNetConfig:
 
     @property
     def latent_channels(self) -> int:
+        if self.latent == "scene":
+            from srum_ray.shapes.scene_latent import CHANNELS
+
+            return CHANNELS
         return 3 * self.unshuffle**2
 
     @property
     def latent_side(self) -> int:
-        return self.canvas // self.unshuffle
+        return self.grid if self.latent == "scene" else self.canvas // self.unshuffle
 
 
 def _modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -235,7 +258,10 @@ class ShapesDiT(nn.Module):
         cond, word_keep = _condition(self, t, words, pad_id)
         img = _joint_attention(self, self.patch_in(_patchify(x, p)), words, word_keep, cond)
         shift, scale = self.ada_out(cond).chunk(2, dim=-1)
-        x0_hat = _unpatchify(self.patch_out(_modulate(self.norm_out(img), shift, scale)), p, ch, hh, ww)
+        out = _unpatchify(self.patch_out(_modulate(self.norm_out(img), shift, scale)), p, ch, hh, ww)
+        if self.cfg.prediction == "v":
+            return out
+        x0_hat = out
         # x-prediction: a token (width D) cannot carry the 192 noise values of its patch, but a
         # clean flat-colour patch lies on a low-dimensional set; v = (x_t - x0) / t
         return (x - x0_hat) / t.clamp(min=self.cfg.min_t)[:, None, None, None]
@@ -397,10 +423,41 @@ class ShapesGenerator(GenerationModel):
         return {"words": self.tokenizer(prompts)}
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
+        if self.cfg.latent == "scene":
+            from srum_ray.shapes.scene_latent import encode_image
+
+            images = list(images)
+            return torch.stack([encode_image(im, self.cfg.grid) for im in images]) if images else torch.zeros(0, *self.latent_shape)
         return F.pixel_unshuffle(images_to_pixels(images, self.cfg.canvas), self.cfg.unshuffle)
 
+    def encode_scenes(self, scenes: Sequence) -> torch.Tensor:
+        """Latents of shapes-world scenes (training data): exact for the scene latent, the
+        rendered image's for pixels."""
+        if self.cfg.latent == "scene":
+            from srum_ray.shapes.scene_latent import encode_scenes
+
+            return encode_scenes(scenes, self.cfg.grid)
+        from srum_ray.shapes.render import render
+
+        return self.encode_images([render(s) for s in scenes])
+
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
+        if self.cfg.latent == "scene":
+            from srum_ray.shapes.render import render
+            from srum_ray.shapes.scene_latent import decode_scene
+
+            return [render(decode_scene(z, self.cfg.canvas)) for z in latents]
         return pixels_to_images(F.pixel_shuffle(latents.float().cpu(), self.cfg.unshuffle))
+
+    def as_drawn(self, latents: torch.Tensor) -> torch.Tensor:
+        """The latent of the image a sample decodes to: pixels clamped to [-1, 1], or the
+        scene latent re-encoded from the scene it decodes to (guidance can overshoot, and
+        training on overshoot would feed it back round after round)."""
+        if self.cfg.latent == "scene":
+            from srum_ray.shapes.scene_latent import canonical
+
+            return canonical(latents, self.cfg.canvas)
+        return latents.clamp(-1.0, 1.0)
 
     supports_null_condition = True
 
@@ -435,10 +492,7 @@ class ShapesGenerator(GenerationModel):
         step = self.gen_cfg.batch_size
         for start in range(0, len(prompts), step):
             latents.append(self._sample(words[start : start + step], seeds[start : start + step], sigmas))
-        x0 = torch.cat(latents) if latents else torch.zeros(0, *self.latent_shape)
-        # the latent of the image as drawn (pixels live in [-1, 1]); guidance can overshoot, and
-        # training on overshoot would feed it back round after round
-        x0 = x0.clamp(-1.0, 1.0)
+        x0 = self.as_drawn(torch.cat(latents) if latents else torch.zeros(0, *self.latent_shape))
         return GenerationOutput(self.decode(x0), x0, {"words": words})
 
     def _sample(self, words: torch.Tensor, seeds: Sequence[int], sigmas: torch.Tensor) -> torch.Tensor:

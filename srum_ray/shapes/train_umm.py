@@ -129,8 +129,7 @@ def train_generator(
     for step in range(steps):
         rng = random.Random(f"shapes-umm/gen/{seed}/{step}")
         specs = [corpus.draw(rng) for _ in range(batch)]
-        images = [render(corpus.scene(s, rng)) for s in specs]
-        x0 = gen.encode_images(images)
+        x0 = gen.encode_scenes([corpus.scene(s, rng) for s in specs])
         words = gen.tokenizer([s.text for s in specs])
         drop = torch.tensor([rng.random() < 0.1 for _ in specs])
         words[drop] = null
@@ -228,6 +227,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--caption-noise", type=float, default=0.0,
                     help="share of train-split generator examples drawn wrong in one thing under the right caption")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--latent", choices=("pixels", "scene"), default="pixels",
+                    help="the generator's latent: the image (U-DiT) or the scene grid decoded by the renderer (DiT)")
+    ap.add_argument("--grid", type=int, default=4, help="cells a side of the scene latent (--latent scene)")
+    ap.add_argument("--width", type=int, default=None, help="generator transformer width (default: ShapesNetConfig's)")
+    ap.add_argument("--depth", type=int, default=None, help="generator transformer depth (default: ShapesNetConfig's)")
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
     ap.add_argument("--gen-init", default=None,
                     help="continue training from this generator.safetensors (e.g. a snapshot) instead of from scratch")
@@ -241,7 +245,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     splits = make_splits(0)
     corpus = Corpus(splits["train"], args.single_share, args.caption_noise)
-    cfg = ShapesNetConfig()
+    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    cfg = ShapesNetConfig(**sizes) if args.latent == "pixels" else ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", grid=args.grid, **sizes)
     log_path = out / "train.log"
     out.mkdir(parents=True, exist_ok=True)
 
