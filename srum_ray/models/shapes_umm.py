@@ -10,7 +10,9 @@ fixed, lossless "latent" space: the 64 px RGB image in [-1, 1], space-to-depth b
 words (a closed vocabulary, :class:`WordTokenizer`) and 2 x 2 latent patches form one
 sequence under joint attention; the time and the pooled prompt modulate every block
 (adaLN-zero). The network predicts the clean latent and returns the velocity it implies
-(x-prediction), because a token is narrower than its patch. Sampling is the diffusers flow-matching Euler scheduler with shift, with
+(x-prediction), because a token is narrower than its patch. With ``latent: scene`` it works instead on
+a 4 x 4 scene-grid latent decoded by the world's renderer (:mod:`srum_ray.shapes.scene_latent`;
+experimental, not shipped). Sampling is the diffusers flow-matching Euler scheduler with shift, with
 classifier-free guidance when ``generation.guidance_scale > 1`` (the null prompt is the
 lone ``<cls>`` token, trained by prompt dropout).
 

@@ -14,6 +14,8 @@ same torch build and thread count: CPU reductions may round differently across t
   classifier-free guidance, AdamW with warm-up, EMA of the weights (the EMA is shipped). It is
   trained only so far (``--gen-steps``): good at single objects, weaker at binding, relations
   and counting, as a base UMM is.
+  ``--latent scene`` trains the DiT on the scene-grid latent instead (experimental; docs/RESULTS.md,
+  "A scene-latent base").
 * Understanding: its perception network learns the colour, shape, size and texture of the
   object in a region (cross-entropy), on objects of rendered scenes for training prompts
   (right or wrong in one attribute, sometimes with a distractor), with blur and noise so it
@@ -232,6 +234,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--grid", type=int, default=4, help="cells a side of the scene latent (--latent scene)")
     ap.add_argument("--width", type=int, default=None, help="generator transformer width (default: ShapesNetConfig's)")
     ap.add_argument("--depth", type=int, default=None, help="generator transformer depth (default: ShapesNetConfig's)")
+    ap.add_argument("--heads", type=int, default=None, help="generator attention heads (default: ShapesNetConfig's)")
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
     ap.add_argument("--gen-init", default=None,
                     help="continue training from this generator.safetensors (e.g. a snapshot) instead of from scratch")
@@ -245,7 +248,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     splits = make_splits(0)
     corpus = Corpus(splits["train"], args.single_share, args.caption_noise)
-    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth)) if v is not None}
+    sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("heads", args.heads)) if v is not None}
     cfg = ShapesNetConfig(**sizes) if args.latent == "pixels" else ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", grid=args.grid, **sizes)
     log_path = out / "train.log"
     out.mkdir(parents=True, exist_ok=True)
