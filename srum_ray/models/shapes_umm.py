@@ -128,6 +128,9 @@ class ShapesNetConfig:
     def __post_init__(self) -> None:
         if self.arch not in ("dit", "udit"):
             raise ValueError(f"ShapesNetConfig.arch must be 'dit' or 'udit', got {self.arch!r}")
+        for name, width, heads in (("", self.width, self.heads), ("judge_", self.judge_width, self.judge_heads)):
+            if width % heads:
+                raise ValueError(f"ShapesNetConfig.{name}width ({width}) must be a multiple of {name}heads ({heads})")
         if self.prediction not in ("x", "v"):
             raise ValueError(f"ShapesNetConfig.prediction must be 'x' or 'v', got {self.prediction!r}")
         if self.latent not in ("pixels", "scene"):

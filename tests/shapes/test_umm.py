@@ -100,6 +100,10 @@ def test_network_sizes_are_checked():
         ShapesNetConfig(arch="unet")
     with pytest.raises(ValueError, match="halve it 1 times, but unshuffle is 4"):
         ShapesNetConfig(conv_channels=(8, 16))
+    with pytest.raises(ValueError, match=r"width \(128\) must be a multiple of heads \(5\)"):
+        ShapesNetConfig(width=128)
+    with pytest.raises(ValueError, match=r"judge_width \(30\) must be a multiple of judge_heads \(4\)"):
+        ShapesNetConfig(judge_width=30)
 
 
 def test_checkpoints_from_before_the_arch_field_load_as_the_patch_transformer(tmp_path):
