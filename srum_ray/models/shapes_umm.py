@@ -41,6 +41,7 @@ from torch import nn
 
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.models.base import GenerationModel, GenerationOutput, batch_times, check_files
+from srum_ray.models.shapes_latent import latent_codec
 
 # ---------------------------------------------------------------------------------- words
 PAD, UNK, CLS = "<pad>", "<unk>", "<cls>"
@@ -354,25 +355,6 @@ def build_generator_net(cfg: ShapesNetConfig, vocab_size: int) -> nn.Module:
     return ShapesUDiT(cfg, vocab_size) if cfg.arch == "udit" else ShapesDiT(cfg, vocab_size)
 
 
-# ----------------------------------------------------------------------------- helpers
-def images_to_pixels(images: Sequence[Image.Image], canvas: int) -> torch.Tensor:
-    """RGB PIL images -> ``[B, 3, canvas, canvas]`` float32 in [-1, 1]."""
-    arrays = []
-    for img in images:
-        img = img.convert("RGB")
-        if img.size != (canvas, canvas):
-            img = img.resize((canvas, canvas), Image.Resampling.BILINEAR)
-        arrays.append(np.asarray(img, dtype=np.float32) / 127.5 - 1.0)
-    if not arrays:
-        return torch.zeros(0, 3, canvas, canvas)
-    return torch.from_numpy(np.stack(arrays)).permute(0, 3, 1, 2).contiguous()
-
-
-def pixels_to_images(pixels: torch.Tensor) -> list[Image.Image]:
-    arr = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [Image.fromarray(a.permute(1, 2, 0).cpu().numpy(), "RGB") for a in arr]
-
-
 # --------------------------------------------------------------------------- generator
 META_FILE = "shapes_umm.json"
 GEN_WEIGHTS = "generator.safetensors"
@@ -408,6 +390,7 @@ class ShapesGenerator(GenerationModel):
         self.cfg, self.gen_cfg = cfg, gen_cfg
         self.device, self.dtype = torch.device(device), dtype
         self.tokenizer = tokenizer or WordTokenizer(max_length=cfg.max_words)
+        self.codec = latent_codec(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             self.net = build_generator_net(cfg, len(self.tokenizer.vocab))
@@ -428,41 +411,19 @@ class ShapesGenerator(GenerationModel):
         return {"words": self.tokenizer(prompts)}
 
     def encode_images(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        if self.cfg.latent == "scene":
-            from srum_ray.shapes.scene_latent import encode_image
-
-            images = list(images)
-            return torch.stack([encode_image(im, self.cfg.grid) for im in images]) if images else torch.zeros(0, *self.latent_shape)
-        return F.pixel_unshuffle(images_to_pixels(images, self.cfg.canvas), self.cfg.unshuffle)
+        return self.codec.encode_images(images)
 
     def encode_scenes(self, scenes: Sequence) -> torch.Tensor:
         """Latents of shapes-world scenes (training data): exact for the scene latent, the
         rendered image's for pixels."""
-        if self.cfg.latent == "scene":
-            from srum_ray.shapes.scene_latent import encode_scenes
-
-            return encode_scenes(scenes, self.cfg.grid)
-        from srum_ray.shapes.render import render
-
-        return self.encode_images([render(s) for s in scenes])
+        return self.codec.encode_scenes(scenes)
 
     def decode(self, latents: torch.Tensor) -> list[Image.Image]:
-        if self.cfg.latent == "scene":
-            from srum_ray.shapes.render import render
-            from srum_ray.shapes.scene_latent import decode_scene
-
-            return [render(decode_scene(z, self.cfg.canvas)) for z in latents]
-        return pixels_to_images(F.pixel_shuffle(latents.float().cpu(), self.cfg.unshuffle))
+        return self.codec.decode(latents)
 
     def as_drawn(self, latents: torch.Tensor) -> torch.Tensor:
-        """The latent of the image a sample decodes to: pixels clamped to [-1, 1], or the
-        scene latent re-encoded from the scene it decodes to (guidance can overshoot, and
-        training on overshoot would feed it back round after round)."""
-        if self.cfg.latent == "scene":
-            from srum_ray.shapes.scene_latent import canonical
-
-            return canonical(latents, self.cfg.canvas)
-        return latents.clamp(-1.0, 1.0)
+        """The latent of the image a sample decodes to (see :mod:`srum_ray.models.shapes_latent`)."""
+        return self.codec.as_drawn(latents)
 
     supports_null_condition = True
 

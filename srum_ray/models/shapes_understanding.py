@@ -20,6 +20,7 @@ from PIL import Image
 from torch import nn
 
 from srum_ray.models.base import AnswerConstraint, UnderstandingModel, check_answer_args, check_files
+from srum_ray.models.shapes_latent import images_to_pixels
 from srum_ray.models.shapes_umm import (
     ATTRIBUTE_HEADS,
     JUDGE_WEIGHTS,
@@ -28,7 +29,6 @@ from srum_ray.models.shapes_umm import (
     ShapesNetConfig,
     WordTokenizer,
     _load_meta,
-    images_to_pixels,
     save_meta,
 )
 from srum_ray.types import Box

@@ -45,7 +45,8 @@ from PIL import Image, ImageFilter
 
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.losses import sample_timesteps
-from srum_ray.models.shapes_umm import ATTRIBUTE_HEADS, ShapesGenerator, ShapesNetConfig, images_to_pixels
+from srum_ray.models.shapes_latent import images_to_pixels
+from srum_ray.models.shapes_umm import ATTRIBUTE_HEADS, ShapesGenerator, ShapesNetConfig
 from srum_ray.models.shapes_understanding import ShapesUnderstanding, box_masks
 from srum_ray.shapes.constraints import Exists, ObjectQuery, PromptSpec
 from srum_ray.shapes.grammar import noun_phrase
