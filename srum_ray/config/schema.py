@@ -181,6 +181,15 @@ class RewardConfig:
     ablation: str = choice(
         "none", "none", "sample_level", "binarized", "no_global", "no_constraint", "sft"
     )
+    #: sample selection on the judge's verdict (not in SPEC; null: off): a sample whose global
+    #: score g is below this is not trained (``trained = False``, weight 0, its drop reason
+    #: recorded), so a round trains on the images its judge calls right (rejection sampling).
+    #: The kept samples get the ablation's weights as usual (with ``sft``: rejection-sampling
+    #: fine-tuning on the judge's picks); a sample without a global score is not kept.
+    min_global: float | None = rng(None, ge=-1.0, le=1.0)
+    #: with it (or alone): a sample one of whose regions scores below this is not trained, so
+    #: the kept images hold only objects the judge finds asked for (null: off; not in SPEC)
+    min_region: float | None = rng(None, ge=-1.0, le=1.0)
 
 
 @dataclass
