@@ -37,7 +37,7 @@ from srum_ray.shapes.detect import Detection, detect, foreground_mask
 
 __all__ = [
     "CONSTRAINTS_NOTE", "CONSTRAINT_KINDS", "Detection", "EvalReport", "check", "check_detections", "correct",
-    "detect", "drawn_objects", "evaluate",
+    "detect", "drawn_objects", "evaluate", "unasked_objects",
 ]
 
 CONSTRAINT_KINDS = ("exists", "count", "relation")
@@ -80,6 +80,16 @@ def _holds(c: Constraint, dets: Sequence[Detection]) -> bool:
     )
 
 
+def unasked_objects(spec: PromptSpec, detections: Sequence[Detection]) -> int:
+    """How many of ``detections`` match none of the objects ``spec`` names. The constraints do
+    not count them against an image (as T2I-CompBench does not, but in counting), so a generator
+    can satisfy more constraints by drawing more: this is how that shows."""
+    from srum_ray.shapes.grammar import queries_of
+
+    queries = queries_of(spec)
+    return sum(1 for d in detections if not any(_matches(q, d) for q in queries))
+
+
 def check_detections(spec: PromptSpec, detections: Sequence[Detection]) -> list[bool]:
     """One bool per constraint of ``spec``, decided on already computed detections."""
     return [_holds(c, detections) for c in spec.constraints]
@@ -107,8 +117,10 @@ class EvalReport:
         n_prompts: category -> number of prompts.
         n_constraints: kind -> number of constraints.
         results: per prompt, the per-constraint bools, in input order.
-        drawn: what the images draw whatever their prompts, as :func:`drawn_objects` measures it
-            (``objects`` per image, ``ink`` share of the canvas), from the same detections.
+        drawn: what the images draw, as :func:`drawn_objects` measures it (``objects`` per
+            image, ``ink`` share of the canvas, ``unasked`` objects per image that the prompt
+            does not name), from the same detections.
+        unasked: per prompt, the number of detected objects its prompt does not name.
     """
 
     per_category: dict[str, float]
@@ -118,6 +130,12 @@ class EvalReport:
     n_constraints: dict[str, int]
     results: list[list[bool]] = field(default_factory=list, repr=False)
     drawn: dict[str, float] = field(default_factory=dict)
+    unasked: list[int] = field(default_factory=list, repr=False)
+
+    @property
+    def strict(self) -> float:
+        """Share of prompts whose image is right and draws nothing the prompt does not name."""
+        return float(np.mean([all(r) and u == 0 for r, u in zip(self.results, self.unasked)]))
 
     def table(self) -> str:
         """Plain-text table: one row per category, the overall row, then one per constraint kind."""
@@ -145,9 +163,11 @@ def evaluate(specs: Sequence[PromptSpec], images: Sequence[Image.Image | np.ndar
     kind_ok: dict[str, list[bool]] = {}
     results = []
     counts: list[int] = []
+    unasked: list[int] = []
     for spec, image in zip(specs, images):
         detections = detect(image)
         counts.append(len(detections))
+        unasked.append(unasked_objects(spec, detections))
         res = check_detections(spec, detections)
         results.append(res)
         cat_ok.setdefault(spec.category, []).append(all(res))
@@ -160,19 +180,29 @@ def evaluate(specs: Sequence[PromptSpec], images: Sequence[Image.Image | np.ndar
         n_prompts={k: len(v) for k, v in cat_ok.items()},
         n_constraints={k: len(v) for k, v in kind_ok.items()},
         results=results,
-        drawn=_drawn(counts, images),
+        drawn=_drawn(counts, images, unasked),
+        unasked=unasked,
     )
 
 
-def drawn_objects(images: Sequence[Image.Image | np.ndarray]) -> dict[str, float]:
-    """How much the images draw, whatever their prompts: ``objects``, the mean number of detections
-    per image, and ``ink``, the mean share of pixels the detector reads as drawn. Self-training
-    drift shows here first (objects blown up into blobs, or fading away)."""
+def drawn_objects(images: Sequence[Image.Image | np.ndarray], specs: Sequence[PromptSpec] | None = None) -> dict[str, float]:
+    """How much the images draw: ``objects``, the mean number of detections per image, and
+    ``ink``, the mean share of pixels the detector reads as drawn; with ``specs`` (one per image)
+    also ``unasked``, the mean number of detections their prompt does not name
+    (:func:`unasked_objects`). Self-training drift shows here first (objects blown up into blobs,
+    fading away, or multiplying)."""
     if not images:
         raise ValueError("drawn_objects needs at least one image")
-    return _drawn([len(detect(image)) for image in images], images)
+    if specs is not None and len(specs) != len(images):
+        raise ValueError(f"drawn_objects needs one prompt per image: {len(specs)} prompts, {len(images)} images")
+    detections = [detect(image) for image in images]
+    unasked = None if specs is None else [unasked_objects(s, d) for s, d in zip(specs, detections)]
+    return _drawn([len(d) for d in detections], images, unasked)
 
 
-def _drawn(counts: Sequence[int], images: Sequence[Image.Image | np.ndarray]) -> dict[str, float]:
+def _drawn(counts: Sequence[int], images: Sequence[Image.Image | np.ndarray], unasked: Sequence[int] | None = None) -> dict[str, float]:
     ink = [float(np.mean(foreground_mask(image))) for image in images]
-    return {"objects": float(np.mean(counts)), "ink": float(np.mean(ink))}
+    out = {"objects": float(np.mean(counts)), "ink": float(np.mean(ink))}
+    if unasked is not None:
+        out["unasked"] = float(np.mean(unasked))
+    return out

@@ -44,12 +44,18 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
     # what the images draw: every model and the rendered ground truth of the same test prompts
     assert list(res["drawn"]) == ["ground truth", "base", "sft", "srum"]
     test = subsample(load_split_prompts("configs/prompts/shapes/test.jsonl"), 12)
-    truth = drawn_objects(ground_truth_images(test, 3))
+    truth = drawn_objects(ground_truth_images(test, 3), [p.spec for p in test])
     assert res["drawn"]["ground truth"] == pytest.approx(truth)
     assert 1.0 <= truth["objects"] <= 4.0 and 0.0 < truth["ink"] < 0.5  # 1 to 4 objects on a plain canvas
+    assert truth["unasked"] == 0.0  # a rendered ground-truth scene draws only what its prompt names
     drawn = report.split("## What the images draw (test)", 1)[1]
     for name, d in res["drawn"].items():
-        assert f"| {name} | {d['objects']:.2f} | {100 * d['ink']:.1f} |" in drawn
+        assert f"| {name} | {d['objects']:.2f} | {d['unasked']:.2f} | {100 * d['ink']:.1f} |" in drawn
+    accuracy = report.split("## Accuracy per category (test)", 1)[1].split("##", 1)[0]
+    assert "| overall | strict |" in accuracy
+    for name, table in res["test"].items():
+        assert table["strict"] <= table["overall"]
+        assert f"| {100 * table['overall']:.1f} | {100 * table['strict']:.1f} |" in accuracy
     # every prompt's verdict is kept, and it is the evaluator's on the image that was scored
     for name, table in res["test"].items():
         assert len(table["correct"]) == 12 and sum(table["correct"]) / 12 == pytest.approx(table["overall"])

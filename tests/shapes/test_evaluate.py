@@ -243,4 +243,32 @@ def test_drawn_objects_counts_objects_and_ink():
         drawn_objects([])
     # the evaluator measures the same from the detections it scores with
     specs = [PromptSpec("t", "colour", (Exists(ObjectQuery(shape="square", colour="blue")),))] * 2
-    assert evaluate(specs, [one, two]).drawn == got
+    assert "unasked" not in got
+    assert evaluate(specs, [one, two]).drawn == drawn_objects([one, two], specs) == {**got, "unasked": 0.5}
+    with pytest.raises(ValueError, match="one prompt per image"):
+        drawn_objects([one, two], specs[:1])
+
+
+def test_unasked_objects_and_strict_accuracy():
+    """An object the prompt does not name satisfies no constraint's complaint, so the image stays
+    right; strict accuracy and ``unasked`` are where it shows."""
+    from srum_ray.shapes import grammar, sampler
+    from srum_ray.shapes.evaluate import unasked_objects
+
+    rng = random.Random(11)
+    specs = [grammar.sample_prompt(cat, rng) for cat in ("colour", "spatial", "complex") for _ in range(10)]
+    clean = [render(sampler.scene_for(s, random.Random(i))) for i, s in enumerate(specs)]
+    busy_scenes = [sampler.scene_for(s, random.Random(i), max_distractors=2) for i, s in enumerate(specs)]
+    extra = [len(b.objects) - len(c_.objects) for b, c_ in zip(busy_scenes, [sampler.scene_for(s, random.Random(i)) for i, s in enumerate(specs)])]
+    assert sum(extra) > 0  # the sampler did add distractors
+    busy = [render(b) for b in busy_scenes]
+    assert [unasked_objects(s, detect(im)) for s, im in zip(specs, clean)] == [0] * len(specs)
+    got = [unasked_objects(s, detect(im)) for s, im in zip(specs, busy)]
+    n_distractors = [sum(1 for o in b.objects if not any(q.matches(o.shape, o.colour, o.size, o.texture) for q in grammar.queries_of(s)))
+                     for s, b in zip(specs, busy_scenes)]
+    assert got == n_distractors and sum(got) > 0
+    rep_clean, rep_busy = evaluate(specs, clean), evaluate(specs, busy)
+    assert rep_clean.overall == rep_busy.overall == 1.0  # distractors break no constraint here
+    assert rep_clean.strict == 1.0 and rep_clean.drawn["unasked"] == 0.0
+    assert rep_busy.strict == pytest.approx(np.mean([g == 0 for g in got]))
+    assert rep_busy.drawn["unasked"] == pytest.approx(np.mean(got))
