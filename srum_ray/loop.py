@@ -263,7 +263,7 @@ class RoundLoop:
         cfg = self.cfg
         trained = [i for i, rec in enumerate(batch.records) if rec.trained]
         if not trained:
-            log.warning("round %d: no sample can be trained (all dropped: missing scores or reward.min_global)", r)
+            log.warning("round %d: no sample can be trained (all dropped: missing scores, or reward.min_global / min_region)", r)
             return []
         lam = effective_lambda_c(cfg.train.lambda_c, cfg.reward.ablation)
         plan = plan_steps(trained, cfg.train.steps_per_round, cfg.train.batch_size,

@@ -93,21 +93,22 @@ def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
 RewardFn = Callable[[RolloutBatch, RewardConfig, JudgeConfig], tuple[RolloutBatch, list[np.ndarray], dict[str, int]]]
 
 
-def selection_drop_reason(g: float | None, region_scores: Sequence[float | None], reward_cfg: RewardConfig) -> str | None:
-    """Why ``reward.min_global`` / ``reward.min_region`` leave a judged sample out (None: kept).
+def selection_drop(g: float | None, region_scores: Sequence[float | None], reward_cfg: RewardConfig) -> tuple[str, str] | None:
+    """``(count key, reason)`` when ``reward.min_global`` / ``reward.min_region`` leave a judged
+    sample out, None when it is kept.
 
     A sample is kept when its global score is at least ``min_global`` and every scored region
     (after the relevance filter and the missing-score policy) at least ``min_region``; a
     missing global score fails ``min_global``, a missing region score is not compared."""
     if reward_cfg.min_global is not None:
         if g is None:
-            return f"no global score to compare with reward.min_global {reward_cfg.min_global:g}"
+            return "below_min_global", f"no global score to compare with reward.min_global {reward_cfg.min_global:g}"
         if g < reward_cfg.min_global:
-            return f"global score {g:.2f} below reward.min_global {reward_cfg.min_global:g}"
+            return "below_min_global", f"global score {g:.2f} below reward.min_global {reward_cfg.min_global:g}"
     if reward_cfg.min_region is not None:
         low = [s for s in region_scores if s is not None and s < reward_cfg.min_region]
         if low:
-            return f"a region scored {min(low):.2f}, below reward.min_region {reward_cfg.min_region:g}"
+            return "below_min_region", f"a region scored {min(low):.2f}, below reward.min_region {reward_cfg.min_region:g}"
     return None
 
 
@@ -140,13 +141,12 @@ def reward_stage(
         # sft never reads a score, so a missing one cannot be a reason to drop its sample
         drop = res.drop_sample and ablation_needs_judging(reward_cfg.ablation)
         drop_reason = res.drop_reason
-        if not drop:
+        selected_out = None if drop else selection_drop(g, map_scores, reward_cfg)
+        if selected_out is not None:
             # selection reads the judge's scores whatever the loss weights with (sft included)
-            drop_reason = selection_drop_reason(g, map_scores, reward_cfg)
-            if drop_reason is not None:
-                drop = True
-                key = "below_min_global" if "min_global" in drop_reason else "below_min_region"
-                totals[key] = totals.get(key, 0) + 1
+            key, drop_reason = selected_out
+            drop = True
+            totals[key] = totals.get(key, 0) + 1
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + int(v)
         R = dense_reward_map(rec.height, rec.width, boxes, map_scores, reward_cfg.convention, reward_cfg.overlap)

@@ -56,6 +56,9 @@ METRICS: dict[str, tuple[str, str, tuple[str, ...]]] = {
     "srum_replicas": (GAUGE, "workers of a role", ("role",)),
     "srum_samples": (COUNTER, "samples generated", ()),
     "srum_samples_dropped": (COUNTER, "samples left out of training (missing scores)", ()),
+    "srum_samples_unselected": (
+        COUNTER, "samples the judge's verdict left out of training (reward.min_global / min_region)", (),
+    ),
     "srum_judge_parse_failures": (
         COUNTER, "judge answers parsed only on a retry, or never", ("kind", "status"),
     ),
@@ -113,7 +116,8 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
 
     Gauges take the row's values (None is skipped); counters get the round's increments:
     ``samples``, dropped samples (``missing_policy.sample_dropped``, else ``samples -
-    samples_trained``), the judge's ``parse`` counts with status retried or missing, and the
+    samples_trained`` less the unselected), samples left out by ``reward.min_global`` /
+    ``min_region`` (``missing_policy.below_min_global`` + ``below_min_region``), the judge's ``parse`` counts with status retried or missing, and the
     round's drift ``warnings`` (see :func:`srum_ray.loop.score_drop_warning`).
     Replicas come from ``replicas`` ({role: n}) when the row has them.
     """
@@ -129,11 +133,15 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
     samples = _num(row.get("samples"))
     if samples:
         out.append(Point("srum_samples", samples))
-    dropped = _num((row.get("missing_policy") or {}).get("sample_dropped"))
+    policy = row.get("missing_policy") or {}
+    unselected = sum(_num(policy.get(k)) or 0.0 for k in ("below_min_global", "below_min_region"))
+    dropped = _num(policy.get("sample_dropped"))
     if dropped is None and samples is not None and _num(row.get("samples_trained")) is not None:
-        dropped = samples - float(row["samples_trained"])
+        dropped = samples - float(row["samples_trained"]) - unselected
     if dropped:
         out.append(Point("srum_samples_dropped", dropped))
+    if unselected:
+        out.append(Point("srum_samples_unselected", unselected))
     parse = row.get("parse") or {}
     for kind, status in _FAILURE_KEYS:
         n = _num(parse.get(f"{kind}_{status}"))
