@@ -19,7 +19,8 @@ lone ``<cls>`` token, trained by prompt dropout).
 Understanding lives in :mod:`srum_ray.models.shapes_understanding`: a learned perception
 network (attributes of the object in a region), the prompt read by the shapes grammar's parser,
 and probabilistic reasoning; it answers the judge's questions in text. This module holds what
-both halves share (vocabulary, sizes, the transformer block, image helpers, checkpoint files)
+both halves share (vocabulary, sizes, the transformer block, checkpoint files; the image
+helpers and latent codecs are in :mod:`srum_ray.models.shapes_latent`)
 and the generator.
 """
 

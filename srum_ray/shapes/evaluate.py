@@ -135,6 +135,8 @@ class EvalReport:
     @property
     def strict(self) -> float:
         """Share of prompts whose image is right and draws nothing the prompt does not name."""
+        if len(self.unasked) != len(self.results) or not self.results:
+            raise ValueError(f"strict needs one unasked count per prompt: {len(self.unasked)} for {len(self.results)} prompts")
         return float(np.mean([all(r) and u == 0 for r, u in zip(self.results, self.unasked)]))
 
     def table(self) -> str:

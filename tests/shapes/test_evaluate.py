@@ -272,3 +272,5 @@ def test_unasked_objects_and_strict_accuracy():
     assert rep_clean.strict == 1.0 and rep_clean.drawn["unasked"] == 0.0
     assert rep_busy.strict == pytest.approx(np.mean([g == 0 for g in got]))
     assert rep_busy.drawn["unasked"] == pytest.approx(np.mean(got))
+    with pytest.raises(ValueError, match="one unasked count per prompt"):
+        _ = EvalReport({}, {}, 1.0, {}, {}, results=[[True]]).strict
