@@ -75,6 +75,11 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
                 f"grounder.sam.checkpoint is required for grounder.sam.model_type={sam.model_type} "
                 "(only model_type=tiny builds a random SAM without a checkpoint)"
             )
+    if cfg.reward.uncovered == "global" and cfg.reward.ablation == "no_global":
+        raise PreflightError(
+            "reward.uncovered = global paints the judge's global score where no box is, and "
+            "reward.ablation = no_global is the run without that score: use reward.uncovered = neutral"
+        )
     if cfg.train.batch_size > cfg.data.prompts_per_round * cfg.data.images_per_prompt:
         raise PreflightError(
             f"train.batch_size = {cfg.train.batch_size} is larger than a round's samples "

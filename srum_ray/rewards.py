@@ -16,6 +16,10 @@ Conventions (chosen by name; both from SPEC 2.4):
   that rule over the covering boxes' ``(s + 1) / 2`` values only (no base); uncovered pixels
   stay 0.5.
 
+``uncovered_score`` (``reward.uncovered: global``, not in SPEC) replaces the base of the pixels no
+box covers by the value a box with that score paints (the global score g: ``g`` in paper,
+``(g + 1) / 2`` in public_code).
+
 Overlap rules: ``max``, ``mean``, ``min`` over the covering boxes, and ``last``: the last box
 in list order that covers the pixel wins. ``default`` names the convention's own rule.
 
@@ -156,10 +160,10 @@ def alpha_from_global(g: float) -> float:
     return (min(max(g, -1.0), 1.0) + 1.0) / 2.0
 
 
-def _check_score(s: float, i: int) -> float:
+def _check_score(s: float, what: str) -> float:
     s = float(s)
     if not math.isfinite(s):
-        raise ValueError(f"region score {i} is not finite: {s}")
+        raise ValueError(f"{what} is not finite: {s}")
     return min(max(s, -1.0), 1.0)
 
 
@@ -170,6 +174,7 @@ def dense_reward_map(
     scores: Sequence[float | None],
     convention: str,
     overlap: str = "default",
+    uncovered_score: float | None = None,
 ) -> np.ndarray:
     """Paint region scores into the dense reward map R (before alpha); see the module doc.
 
@@ -179,6 +184,9 @@ def dense_reward_map(
         scores: one score in [-1, 1] per box (clamped); ``None`` = skip the box.
         convention: ``paper`` or ``public_code``.
         overlap: ``default`` | ``max`` | ``mean`` | ``min`` | ``last``.
+        uncovered_score: a score in [-1, 1] (clamped) painted, as a box with that score would
+            be, on every pixel no box covers (``reward.uncovered: global`` passes the global
+            score); None: the convention's base. Covered pixels are unchanged by it.
 
     Returns:
         float32 array ``[height, width]``; in [-1, 1] (paper) or [0, 1] (public_code).
@@ -198,15 +206,17 @@ def dense_reward_map(
         b = b.clipped(width, height)
         if b.area == 0:
             continue
-        painted.append((b.y0, b.y1, b.x0, b.x1, conv.box_value(_check_score(score, i))))
+        painted.append((b.y0, b.y1, b.x0, b.x1, conv.box_value(_check_score(score, f"region score {i}"))))
 
+    base = conv.base if uncovered_score is None else conv.box_value(_check_score(uncovered_score, "the uncovered pixels' score"))
+    covered = np.zeros((height, width), dtype=bool)
     if rule == "max" and conv.base_in_max:
         out = np.full((height, width), conv.base, dtype=np.float64)
         for y0, y1, x0, x1, v in painted:
             np.maximum(out[y0:y1, x0:x1], v, out=out[y0:y1, x0:x1])
-        return out.astype(np.float32)
+            covered[y0:y1, x0:x1] = True
+        return np.where(covered, out, base).astype(np.float32)
 
-    covered = np.zeros((height, width), dtype=bool)
     if rule == "mean":
         acc = np.zeros((height, width), dtype=np.float64)
         count = np.zeros((height, width), dtype=np.int64)
@@ -227,7 +237,7 @@ def dense_reward_map(
             else:
                 window[...] = v
             covered[y0:y1, x0:x1] = True
-    return np.where(covered, acc, conv.base).astype(np.float32)
+    return np.where(covered, acc, base).astype(np.float32)
 
 
 def _area_matrix(n_in: int, n_out: int) -> torch.Tensor:

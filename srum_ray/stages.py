@@ -149,7 +149,10 @@ def reward_stage(
             totals[key] = totals.get(key, 0) + 1
         for k, v in counts.items():
             totals[k] = totals.get(k, 0) + int(v)
-        R = dense_reward_map(rec.height, rec.width, boxes, map_scores, reward_cfg.convention, reward_cfg.overlap)
+        uncovered = g if reward_cfg.uncovered == "global" else None
+        R = dense_reward_map(
+            rec.height, rec.width, boxes, map_scores, reward_cfg.convention, reward_cfg.overlap, uncovered
+        )
         rec.convention = reward_cfg.convention
         rec.overlap = reward_cfg.overlap
         rec.ablation = reward_cfg.ablation

@@ -76,3 +76,18 @@ def test_min_region_drops_a_sample_with_an_unwanted_object():
     assert counts["below_min_region"] == 1 and "below_min_global" not in counts
     assert out.records[1].drop_reason == "a region scored -0.60, below reward.min_region 0"
     assert torch.all(out.weights[1] == 0) and torch.any(out.weights[0] != 0)
+
+
+def test_uncovered_global_gives_the_canvas_no_box_covers_the_global_score():
+    globals_ = [-0.5, 0.9]
+    batch, maps, _ = reward_stage(_batch(globals_), RewardConfig(uncovered="global"), JudgeConfig())
+    for rec, g, R, w in zip(batch.records, globals_, maps, batch.weights):
+        assert rec.alpha == pytest.approx((g + 1) / 2)
+        assert (R[:, :16] == pytest.approx(0.8)) and (R[:, 16:] == pytest.approx(g))  # the map kept on disk
+        assert torch.allclose(w[0, :, :4], torch.full((8, 4), rec.alpha * 0.8))
+        assert torch.allclose(w[0, :, 4:], torch.full((8, 4), rec.alpha * g))
+    # public_code paints (g + 1) / 2 there
+    batch, maps, _ = reward_stage(_batch([0.9]), RewardConfig(uncovered="global", convention="public_code"), JudgeConfig())
+    assert maps[0][:, 16:] == pytest.approx(0.95)
+    with pytest.raises(ConfigError, match="reward.uncovered"):
+        load_config(None, ["reward.uncovered=box"])

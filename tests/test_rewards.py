@@ -67,6 +67,25 @@ def test_dense_map_every_convention_and_rule(convention, overlap):
     np.testing.assert_allclose(R, grid(EXPECTED[(convention, overlap)]), atol=1e-6)
 
 
+@pytest.mark.parametrize("convention,overlap", sorted(EXPECTED))
+def test_uncovered_score_paints_only_the_pixels_no_box_covers(convention, overlap):
+    # g = 0.8 paints 0.8 (paper) or (0.8 + 1) / 2 = 0.9 (public_code) where '.' is
+    values = dict(EXPECTED[(convention, overlap)], **{".": 0.8 if convention == "paper" else 0.9})
+    R = dense_reward_map(4, 6, BOXES, SCORES, convention, overlap, uncovered_score=0.8)
+    np.testing.assert_allclose(R, grid(values), atol=1e-6)
+    # clamped like a box's score; None is the convention's base
+    np.testing.assert_allclose(
+        dense_reward_map(4, 6, BOXES, SCORES, convention, overlap, uncovered_score=-3.0)[0, 5],
+        get_convention(convention).low,
+    )
+    np.testing.assert_array_equal(
+        dense_reward_map(4, 6, BOXES, SCORES, convention, overlap, uncovered_score=None),
+        dense_reward_map(4, 6, BOXES, SCORES, convention, overlap),
+    )
+    with pytest.raises(ValueError, match="uncovered pixels' score is not finite"):
+        dense_reward_map(4, 6, BOXES, SCORES, convention, overlap, uncovered_score=float("nan"))
+
+
 def test_default_overlap_is_the_conventions_own_rule():
     assert resolve_overlap("paper") == "mean"
     assert resolve_overlap("public_code", "default") == "max"

@@ -178,6 +178,12 @@ class RewardConfig:
     convention: str = choice("paper", "paper", "public_code")
     #: how overlapping boxes combine; "default" = the convention's own rule
     overlap: str = choice("default", "default", "max", "mean", "min", "last")
+    #: what the pixels no box covers carry: "neutral" (the convention's base: 0 in paper, 0.5 in
+    #: public_code; SPEC) or "global" (the judge's global score g, painted as a box scoring g
+    #: would be: the verdict on the whole image applies where no region was judged; not in
+    #: SPEC). With "neutral" a right image trains its objects harder than its empty canvas, and
+    #: the generator learns to draw more objects (docs/RESULTS.md, "Where no box is")
+    uncovered: str = choice("neutral", "neutral", "global")
     ablation: str = choice(
         "none", "none", "sample_level", "binarized", "no_global", "no_constraint", "sft"
     )
