@@ -54,6 +54,11 @@ def check_config(cfg: SrumConfig, *, check_output: bool = True) -> int:
         key = "model.checkpoint" if cfg.model.backend == "tiny" else f"model ({cfg.model.backend})"
         raise PreflightError(f"{key}: {e}") from e
     und = cfg.model.understanding
+    if und.extra_objects != "ignore" and cfg.model.backend != "shapes":
+        raise PreflightError(
+            f"model.understanding.extra_objects = {und.extra_objects} is read by the shapes backend's "
+            f"judge only; model.backend is {cfg.model.backend} (a VLM judge follows its question text)"
+        )
     if cfg.model.backend == "diffusers" and not und.share_with_generator:
         from srum_ray.models._vlm_families import checkpoint_family
 

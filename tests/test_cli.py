@@ -45,6 +45,8 @@ def cli(*args, cwd=ROOT):
         (["show", "configs/tiny.yaml"], "configs/tiny.yaml is a file, not a run directory"),
         (["check", "--config", "configs/tiny.yaml", "train.batch_size=99"], "train.batch_size = 99"),
         (["check", "--config", "configs/tiny.yaml", "model.backend=nope"], "model.backend = 'nope' is not registered"),
+        (["check", "--config", "configs/tiny.yaml", "model.understanding.extra_objects=count"],
+         "model.understanding.extra_objects = count is read by the shapes backend's judge only"),
         (["check", "--config", "configs/tiny.yaml", "reward.uncovered=global", "reward.ablation=no_global"],
          "reward.uncovered = global paints the judge's global score"),
     ],

@@ -94,6 +94,11 @@ class UnderstandingModelConfig:
     share_with_generator: bool = False
     #: longest image side given to the judge, in pixels (processors may resize further)
     image_max_side: int = rng(448, ge=28, le=4096)
+    #: the shapes backend's judge only (ShapesUnderstanding; not in SPEC): "count" makes its
+    #: global score also ask that it sees no more objects than the prompt names (a duplicate
+    #: or an unasked object fails that term), "ignore" (default) scores the prompt's
+    #: constraints alone, as T2I-CompBench does (docs/RESULTS.md, "Where no box is")
+    extra_objects: str = choice("ignore", "ignore", "count")
 
 
 @dataclass

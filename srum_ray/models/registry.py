@@ -254,5 +254,6 @@ def _build_shapes(
     root = model_cfg.checkpoint
     return UnifiedModel(
         ShapesGenerator.from_pretrained(root, gen_cfg, device, dtype) if "generator" in parts else None,
-        ShapesUnderstanding.from_pretrained(root, device, dtype) if "understanding" in parts else None,
+        ShapesUnderstanding.from_pretrained(root, device, dtype, model_cfg.understanding.extra_objects)
+        if "understanding" in parts else None,
     )

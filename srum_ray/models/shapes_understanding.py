@@ -110,6 +110,8 @@ _SCORE_TAIL_RE = re.compile(r"Region (\d+): Object: (.*); Score: $")
 RIGHT_SCORE = 0.75
 #: what the understanding module says to a question it does not know
 UNKNOWN_QUESTION = "I cannot answer that question."
+#: what the global score does with objects beyond those the prompt names (ShapesUnderstanding)
+EXTRA_OBJECTS = ("ignore", "count")
 
 
 @dataclass
@@ -175,13 +177,21 @@ class ShapesUnderstanding(UnderstandingModel):
       over the prompt's constraints (exists / exact count / relation, objects independent):
       1 when all hold, lower the more fail. A whole-image verdict "right" is a score of at
       least :data:`RIGHT_SCORE` (with at most four constraints, one missed scores <= 0.5).
+      With ``extra_objects="count"`` the mean has one more term: 1 when no more regions are
+      seen than the prompt names objects (:func:`~srum_ray.shapes.grammar.n_objects`), else 0.
 
     A prompt outside the grammar gets a one-line answer saying so and no score (the judge's
     parser then reports it missing).
     """
 
-    def __init__(self, cfg: ShapesNetConfig, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0) -> None:
+    def __init__(
+        self, cfg: ShapesNetConfig, device: str = "cpu", dtype: torch.dtype = torch.float32, seed: int = 0,
+        extra_objects: str = "ignore",
+    ) -> None:
+        if extra_objects not in EXTRA_OBJECTS:
+            raise ValueError(f"extra_objects {extra_objects!r} is not one of {EXTRA_OBJECTS}")
         self.cfg = cfg
+        self.extra_objects = extra_objects
         self.device, self.dtype = torch.device(device), dtype
         self.tokenizer = WordTokenizer(max_length=cfg.max_words)
         with torch.random.fork_rng(devices=[]):
@@ -212,7 +222,11 @@ class ShapesUnderstanding(UnderstandingModel):
     def global_score(self, spec, seen: Sequence[Seen]) -> float:
         """``2 * mean_c P(c holds) - 1``: graded (every constraint met scores near 1, one of
         three missed about 0.33), so a partly right image is told apart from a wholly wrong one."""
+        from srum_ray.shapes.grammar import n_objects
+
         ps = [constraint_probability(c, seen) for c in spec.constraints]
+        if ps and self.extra_objects == "count":
+            ps.append(1.0 if len(seen) <= n_objects(spec) else 0.0)
         return 2 * float(np.mean(ps)) - 1 if ps else 0.0
 
     # ------------------------------------------------------------------ the text interface
@@ -310,12 +324,14 @@ class ShapesUnderstanding(UnderstandingModel):
         save_file({k: v.detach().float().cpu().contiguous() for k, v in self.net.state_dict().items()}, root / JUDGE_WEIGHTS)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32) -> "ShapesUnderstanding":
+    def from_pretrained(
+        cls, path: str | Path, device: str = "cpu", dtype: torch.dtype = torch.float32, extra_objects: str = "ignore",
+    ) -> "ShapesUnderstanding":
         from safetensors.torch import load_file
 
         root = check_files(path, (META_FILE, JUDGE_WEIGHTS), "shapes understanding")
         cfg, _, _ = _load_meta(root)
-        model = cls(cfg, device, dtype)
+        model = cls(cfg, device, dtype, extra_objects=extra_objects)
         model.net.load_state_dict(load_file(root / JUDGE_WEIGHTS))
         model.net.eval()
         return model

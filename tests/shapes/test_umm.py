@@ -16,6 +16,7 @@ from srum_ray.judging.filter import BoxFilter
 from srum_ray.models.registry import build_model, check_checkpoint
 from srum_ray.models.shapes_umm import ATTRIBUTE_HEADS, ShapesGenerator, ShapesNetConfig, WordTokenizer
 from srum_ray.models.shapes_understanding import (
+    RIGHT_SCORE,
     UNKNOWN_QUESTION,
     Seen,
     ShapesUnderstanding,
@@ -194,6 +195,39 @@ def test_reasoning_over_seen_objects_matches_hand_computed_probabilities():
     assert und.global_score(spec, seen) == pytest.approx(2 * (0.9 + 0.8 + 0.72) / 3 - 1)
     assert und.region_score(spec, blue_square) == pytest.approx(2 * 0.8 - 1)
     assert red_circle.name() == "small red circle"
+
+
+def test_counting_extra_objects_adds_one_term_that_a_duplicate_or_an_unasked_object_fails():
+    red_circle = _seen(10, 30, colour={"red": 0.9, "blue": 0.1}, shape={"circle": 1.0})
+    blue_square = _seen(50, 30, colour={"blue": 0.8, "red": 0.2}, shape={"square": 1.0})
+    spec = parse_prompt("a red circle to the left of a blue square")
+    und, plain = ShapesUnderstanding(SMALL, extra_objects="count"), ShapesUnderstanding(SMALL)
+
+    def with_term(seen, term):  # the plain mean over 3 constraints, and one more term
+        return 2 * (3 * (plain.global_score(spec, seen) + 1) / 2 + term) / 4 - 1
+
+    # two objects named, two seen: the term holds (0.9, 0.8, 0.72 and 1)
+    two = [red_circle, blue_square]
+    assert und.global_score(spec, two) == pytest.approx(2 * np.mean([0.9, 0.8, 0.72, 1.0]) - 1)
+    assert und.global_score(spec, two) == pytest.approx(with_term(two, 1.0))
+    # a second red circle: every constraint holds at least as well, but one object too many
+    three = [red_circle, blue_square, _seen(30, 50, colour={"red": 1.0}, shape={"circle": 1.0})]
+    assert plain.global_score(spec, three) >= plain.global_score(spec, two)
+    assert und.global_score(spec, three) == pytest.approx(with_term(three, 0.0))
+    assert und.global_score(spec, three) < RIGHT_SCORE
+    # counted prompts name as many objects as they count
+    circles = [_seen(10 + 20 * i, 30, colour={"red": 1.0}, shape={"circle": 1.0}) for i in range(3)]
+    assert und.global_score(parse_prompt("three red circles"), circles) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="extra_objects 'all'"):
+        ShapesUnderstanding(SMALL, extra_objects="all")
+
+
+def test_the_backend_builds_the_judge_with_the_configured_extra_objects(checkpoint):
+    for value in ("ignore", "count"):
+        cfg = ModelConfig(backend="shapes", checkpoint=str(checkpoint))
+        cfg.understanding.extra_objects = value
+        und = build_model(cfg, GenerationConfig(), "cpu", parts=("understanding",)).understanding
+        assert und.extra_objects == value
 
 
 def test_filter_and_unknown_questions():
