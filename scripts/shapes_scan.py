@@ -64,7 +64,8 @@ def main(argv: list[str] | None = None) -> dict:
                     help="also score the checkpoints of rounds 0, N, 2N, ... (0: the last round only)")
     ap.add_argument("--out", default="runs/scan")
     ap.add_argument("overrides", nargs="*")
-    args = ap.parse_args(argv)
+    # overrides may sit anywhere among the flags (a flag after them is not taken for one)
+    args = ap.parse_intermixed_args(argv)
     if args.oracle and args.arm == "base":
         ap.error("--oracle needs an arm that trains, not base")
     if args.score_every < 0:

@@ -143,7 +143,9 @@ def _scan_module():
 def test_scan_script_scores_an_arm_and_the_base(checkpoint, tmp_path):
     scan = _scan_module()
     common = ["--seed", "3", "--test-prompts", "8", "--out", str(tmp_path / "scan")]
-    base = scan.main(["--name", "b", "--arm", "base", "--eval-guidance", "1.0", *common, *tiny_overrides(checkpoint)])
+    # overrides split by a flag are all read as overrides (argparse's plain parse refuses the second part)
+    over = tiny_overrides(checkpoint)
+    base = scan.main(["--name", "b", "--arm", "base", *over[:1], "--eval-guidance", "1.0", *over[1:], *common])
     arm = scan.main(["--name", "s", "--score-every", "1", *common, *tiny_overrides(checkpoint)])
     lines = [json.loads(x) for x in (tmp_path / "scan" / "scan.jsonl").read_text().splitlines()]
     assert [x["name"] for x in lines] == ["b", "s"]
