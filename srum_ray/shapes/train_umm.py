@@ -46,7 +46,14 @@ from PIL import Image, ImageFilter
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.losses import sample_timesteps
 from srum_ray.models.shapes_latent import images_to_pixels
-from srum_ray.models.shapes_umm import ATTRIBUTE_HEADS, ShapesGenerator, ShapesNetConfig
+from srum_ray.models.shapes_umm import (
+    ATTRIBUTE_HEADS,
+    META_FILE,
+    ShapesGenerator,
+    ShapesNetConfig,
+    load_net_config,
+    retrain_config,
+)
 from srum_ray.models.shapes_understanding import ShapesUnderstanding, box_masks
 from srum_ray.shapes.constraints import Exists, ObjectQuery, PromptSpec
 from srum_ray.shapes.grammar import noun_phrase
@@ -241,7 +248,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="continue training from this generator.safetensors (e.g. a snapshot) instead of from scratch")
     ap.add_argument("--snapshot-every", type=int, default=0, help="also save the generator's EMA every N steps under <out>/snapshots/")
     ap.add_argument("--only", choices=("both", "generator", "understanding", "measure"), default="both",
-                    help="train one part (the other part's card entry is kept), or only measure and write the card")
+                    help="train one part (the other part's weights, card entry and half of shapes_umm.json are kept), "
+                         "or only measure and write the card")
     args = ap.parse_args(argv)
 
     torch.set_num_threads(args.threads)
@@ -251,6 +259,9 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Corpus(splits["train"], args.single_share, args.caption_noise)
     sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("heads", args.heads)) if v is not None}
     cfg = ShapesNetConfig(**sizes) if args.latent == "pixels" else ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", grid=args.grid, **sizes)
+    if args.only in ("generator", "understanding") and (out / META_FILE).exists():
+        # the other part's weights stay: so does its half of the config they were built with
+        cfg = retrain_config(cfg, load_net_config(out), args.only)
     log_path = out / "train.log"
     out.mkdir(parents=True, exist_ok=True)
 

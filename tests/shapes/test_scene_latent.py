@@ -11,7 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srum_ray.config.schema import GenerationConfig
-from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
+from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig, retrain_config
+from srum_ray.models.shapes_understanding import ShapesUnderstanding
 from srum_ray.shapes import scene_latent as sl
 from srum_ray.shapes.render import render
 from srum_ray.shapes.sampler import scene_for, wrong_scene_for
@@ -119,6 +120,13 @@ def test_train_umm_trains_and_saves_a_scene_generator(tmp_path):
     gen = ShapesGenerator.from_pretrained(out, BASE_GENERATION)
     assert (gen.cfg.latent, gen.cfg.grid, gen.cfg.prediction, gen.cfg.width) == ("scene", 4, "v", 32)
     assert gen.generate(["a red circle"], [0]).latents.shape == (1, sl.CHANNELS, 4, 4)
+    # training the understanding into the same directory keeps the generator's half of the config
+    assert main(["--only", "understanding", "--judge-steps", "1", "--judge-batch", "4", "--threads", "1",
+                 "--out", str(out)]) == 0
+    again = ShapesGenerator.from_pretrained(out, BASE_GENERATION)
+    assert again.cfg == gen.cfg
+    assert torch.equal(again.generate(["a red circle"], [0]).latents, gen.generate(["a red circle"], [0]).latents)
+    assert ShapesUnderstanding.from_pretrained(out).cfg.judge_width == ShapesNetConfig().judge_width
 
     corpus = Corpus(make_splits(0)["train"], 0.4)
     losses = []
@@ -127,3 +135,18 @@ def test_train_umm_trains_and_saves_a_scene_generator(tmp_path):
         info = train_generator(fresh, corpus, steps=steps, batch=16, lr=3e-3, seed=0, warmup=1, ema_decay=0.0, log=lambda m: None)
         losses.append(info["final_loss"])
     assert losses[1] < 0.5 * losses[0], losses
+
+
+def test_retrain_config_takes_each_half_from_where_its_weights_come_from():
+    scene = ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", width=32, depth=1, heads=2)
+    pixels = ShapesNetConfig(judge_width=64, judge_heads=2)
+    # a judge trained again next to a scene generator: the scene generator's fields stay
+    both = retrain_config(pixels, scene, "understanding")
+    assert (both.latent, both.width, both.judge_width, both.judge_heads) == ("scene", 32, 64, 2)
+    # a generator trained again next to a judge: the judge's fields stay
+    both = retrain_config(scene, pixels, "generator")
+    assert (both.latent, both.width, both.judge_width, both.judge_heads) == ("scene", 32, 64, 2)
+    with pytest.raises(ValueError, match="max_words is 16 here but 32"):
+        retrain_config(ShapesNetConfig(max_words=16), pixels, "generator")
+    with pytest.raises(ValueError, match="part must be"):
+        retrain_config(scene, pixels, "both")
