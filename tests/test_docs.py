@@ -90,6 +90,10 @@ class _Parsed(Exception):
         self.parser = parser
 
 
+#: the parsing methods a program may call; the one it calls is the one its commands are checked with
+_PARSE_METHODS = ("parse_args", "parse_intermixed_args")
+
+
 def program_parser(target: str) -> argparse.ArgumentParser:
     """The argument parser ``target`` (a module name or a .py path) builds in its ``main``,
     caught at its first ``parse_args`` before anything runs."""
@@ -99,18 +103,23 @@ def program_parser(target: str) -> argparse.ArgumentParser:
         spec.loader.exec_module(module)
     else:
         module = importlib.import_module(target)
-    real = argparse.ArgumentParser.parse_args
+    real = {name: getattr(argparse.ArgumentParser, name) for name in _PARSE_METHODS}
 
-    def catch(self, *a, **k):
-        raise _Parsed(self)
+    def catcher(name: str):
+        def catch(self, *a, **k):
+            self._doc_parse_method = name
+            raise _Parsed(self)
+        return catch
 
-    argparse.ArgumentParser.parse_args = catch
+    for name in _PARSE_METHODS:
+        setattr(argparse.ArgumentParser, name, catcher(name))
     try:
         module.main([])
     except _Parsed as caught:
         return caught.parser
     finally:
-        argparse.ArgumentParser.parse_args = real
+        for name, method in real.items():
+            setattr(argparse.ArgumentParser, name, method)
     raise AssertionError(f"{target}.main() returned without parsing arguments")
 
 
@@ -118,14 +127,15 @@ _PARSERS: dict[str, argparse.ArgumentParser] = {}
 
 
 def strict_parse(parser: argparse.ArgumentParser, target: str, args: list[str]) -> argparse.Namespace:
-    """``parser.parse_args(args)``, its error raised as an AssertionError naming the problem."""
+    """``parser.parse_args(args)`` (or the method its program calls), its error raised as an
+    AssertionError naming the problem."""
 
     def error(message: str):
         raise AssertionError(f"{target} rejects {args}: {message}")
 
     for p in [parser, *(a.choices[c] for a in parser._actions if isinstance(a, argparse._SubParsersAction) for c in a.choices)]:
         p.error = error
-    return parser.parse_args(args)
+    return getattr(parser, getattr(parser, "_doc_parse_method", "parse_args"))(args)
 
 
 def parse(target: str, args: list[str]) -> argparse.Namespace:
