@@ -261,7 +261,10 @@ def main(argv: list[str] | None = None) -> int:
     cfg = ShapesNetConfig(**sizes) if args.latent == "pixels" else ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", grid=args.grid, **sizes)
     if args.only in ("generator", "understanding") and (out / META_FILE).exists():
         # the other part's weights stay: so does its half of the config they were built with
-        cfg = retrain_config(cfg, load_net_config(out), args.only)
+        try:
+            cfg = retrain_config(cfg, load_net_config(out), args.only)
+        except ValueError as e:
+            ap.error(f"--only {args.only} into {out}: {e}")
     log_path = out / "train.log"
     out.mkdir(parents=True, exist_ok=True)
 
