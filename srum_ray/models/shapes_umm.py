@@ -369,32 +369,6 @@ def _load_meta(root: Path) -> tuple[ShapesNetConfig, WordTokenizer, dict]:
     return cfg, WordTokenizer(meta["vocab"][3:], cfg.max_words), meta
 
 
-def load_net_config(root: str | Path) -> ShapesNetConfig:
-    """The ShapesNetConfig a checkpoint directory's ``shapes_umm.json`` holds."""
-    return _load_meta(Path(root))[0]
-
-
-#: the understanding half's fields of ShapesNetConfig; ``max_words`` and ``canvas`` are shared, the
-#: rest is the generator's
-JUDGE_FIELDS = ("judge_width", "judge_depth", "judge_heads")
-SHARED_FIELDS = ("max_words", "canvas")
-
-
-def retrain_config(new: ShapesNetConfig, existing: ShapesNetConfig, part: str) -> ShapesNetConfig:
-    """The config of a checkpoint of which only ``part`` (``generator`` | ``understanding``) is
-    trained again: that part's fields from ``new``, the other part's from ``existing`` (the
-    weights already there); a shared field that differs raises ValueError."""
-    if part not in ("generator", "understanding"):
-        raise ValueError(f"part must be generator or understanding, got {part!r}")
-    for name in SHARED_FIELDS:
-        if getattr(new, name) != getattr(existing, name):
-            raise ValueError(
-                f"{name} is {getattr(new, name)} here but {getattr(existing, name)} in the checkpoint's other part"
-            )
-    judge = {k: getattr(new if part == "understanding" else existing, k) for k in JUDGE_FIELDS}
-    return dataclasses.replace(new if part == "generator" else existing, **judge)
-
-
 def save_meta(root: str | Path, cfg: ShapesNetConfig, tokenizer: WordTokenizer, extra: dict | None = None) -> None:
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)

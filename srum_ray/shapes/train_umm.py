@@ -34,7 +34,7 @@ import json
 import random
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +51,7 @@ from srum_ray.models.shapes_umm import (
     META_FILE,
     ShapesGenerator,
     ShapesNetConfig,
-    load_net_config,
-    retrain_config,
+    _load_meta,
 )
 from srum_ray.models.shapes_understanding import ShapesUnderstanding, box_masks
 from srum_ray.shapes.constraints import Exists, ObjectQuery, PromptSpec
@@ -222,6 +221,27 @@ def train_understanding(
             "final_loss": float(np.mean(losses[-100:])), "seconds": time.perf_counter() - t0}
 
 
+#: the understanding half's fields of ShapesNetConfig; ``max_words`` and ``canvas`` are shared, the
+#: rest is the generator's
+JUDGE_FIELDS = ("judge_width", "judge_depth", "judge_heads")
+SHARED_FIELDS = ("max_words", "canvas")
+
+
+def retrain_config(new: ShapesNetConfig, existing: ShapesNetConfig, part: str) -> ShapesNetConfig:
+    """The config of a checkpoint of which only ``part`` (``generator`` | ``understanding``) is
+    trained again: that part's fields from ``new``, the other part's from ``existing`` (the
+    weights already there); a shared field that differs raises ValueError."""
+    if part not in ("generator", "understanding"):
+        raise ValueError(f"part must be generator or understanding, got {part!r}")
+    for name in SHARED_FIELDS:
+        if getattr(new, name) != getattr(existing, name):
+            raise ValueError(
+                f"{name} is {getattr(new, name)} here but {getattr(existing, name)} in the checkpoint's other part"
+            )
+    judge = {k: getattr(new if part == "understanding" else existing, k) for k in JUDGE_FIELDS}
+    return replace(new if part == "generator" else existing, **judge)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="runs/shapes-umm",
@@ -262,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.only in ("generator", "understanding") and (out / META_FILE).exists():
         # the other part's weights stay: so does its half of the config they were built with
         try:
-            cfg = retrain_config(cfg, load_net_config(out), args.only)
+            cfg = retrain_config(cfg, _load_meta(out)[0], args.only)
         except ValueError as e:
             ap.error(f"--only {args.only} into {out}: {e}")
     log_path = out / "train.log"

@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from srum_ray.config.schema import GenerationConfig
-from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig, retrain_config
+from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
 from srum_ray.models.shapes_understanding import ShapesUnderstanding
 from srum_ray.shapes import scene_latent as sl
 from srum_ray.shapes.render import render
@@ -138,6 +138,8 @@ def test_train_umm_trains_and_saves_a_scene_generator(tmp_path):
 
 
 def test_retrain_config_takes_each_half_from_where_its_weights_come_from():
+    from srum_ray.shapes.train_umm import retrain_config
+
     scene = ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", width=32, depth=1, heads=2)
     pixels = ShapesNetConfig(judge_width=64, judge_heads=2)
     # a judge trained again next to a scene generator: the scene generator's fields stay
