@@ -279,6 +279,32 @@ def test_caption_noise_draws_one_off_scenes_for_train_prompts_only(splits):
         Corpus(splits["train"], 0.5, caption_noise=1.5)
 
 
+def test_relation_share_sets_how_often_a_prompt_names_a_relation(splits):
+    from srum_ray.shapes.train_umm import has_relation
+
+    natural = Corpus(splits["train"], 0.3)
+    # unset: exactly the draws before the option, so the shipped weights repeat
+    a, b = random.Random(5), random.Random(5)
+    assert [natural.draw(a) for _ in range(50)] == [
+        single_object_prompt(b) if b.random() < 0.3 else b.choice(natural.train) for _ in range(50)
+    ]
+    share = sum(map(has_relation, natural.train)) / len(natural.train)
+    assert 0.1 < share < 0.5  # the split names relations in spatial and some complex prompts
+
+    def drawn_share(corpus: Corpus) -> float:
+        rng = random.Random(6)
+        specs = [corpus.draw(rng) for _ in range(2000)]
+        return sum(map(has_relation, specs)) / len(specs)
+
+    assert drawn_share(Corpus(splits["train"], 0.0, relation_share=0.0)) == 0.0
+    assert drawn_share(Corpus(splits["train"], 0.0, relation_share=1.0)) == 1.0
+    assert 0.03 <= drawn_share(Corpus(splits["train"], 0.0, relation_share=0.05)) <= 0.07
+    # single-object captions never name a relation, whatever the share
+    assert drawn_share(Corpus(splits["train"], 1.0, relation_share=1.0)) == 0.0
+    with pytest.raises(ValueError, match="relation_share"):
+        Corpus(splits["train"], 0.5, relation_share=-0.1)
+
+
 def test_region_examples_describe_the_object_in_the_box(splits):
     corpus = Corpus(splits["train"], 0.3)
     images, boxes, attrs = region_examples(corpus, random.Random(0), 30)
