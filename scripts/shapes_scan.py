@@ -40,6 +40,7 @@ from srum_ray.shapes.demo import (  # noqa: E402
     checkpoint_state,
     run_arm,
     score_summary,
+    scoring_config,
     subsample,
 )
 from srum_ray.shapes.oracle import ORACLE_MODES, oracle_reward  # noqa: E402
@@ -80,10 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_arm = "srum" if args.arm == "base" else args.arm
     overrides = ["runtime.mode=local", *args.overrides, *arm_overrides(train_arm, args.seed, out / args.name)]
     cfg = load_config(args.config, overrides)
-    eval_overrides = list(overrides)
-    if args.eval_guidance is not None:
-        eval_overrides.append(f"generation.guidance_scale={args.eval_guidance}")
-    eval_cfg = load_config(args.config, eval_overrides)
+    eval_cfg = scoring_config(args.config, overrides, args.eval_guidance)
 
     apply_cpu_threads(cfg)
     t0 = time.perf_counter()

@@ -4,7 +4,7 @@
     srum-ray run --resume RUN_DIR [run.rounds=N]
     srum-ray check --config configs/tiny.yaml [key.path=value ...]
     srum-ray show RUN_DIR [--round N]
-    srum-ray demo [--config configs/shapes.yaml] [--arms sft,srum] [--seed 0] [key.path=value ...]
+    srum-ray demo [--config configs/shapes.yaml] [--arms sft,srum] [--seed 0] [--eval-guidance W] [key.path=value ...]
 
 Every config, prompt-file, checkpoint-path or run-directory problem is reported as one line
 ``srum-ray: error: ...`` with exit status 2, before any model is loaded.
@@ -138,7 +138,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         raise ConfigError(f"--arms: unknown arm {', '.join(map(repr, unknown)) or '(none given)'}; allowed: {', '.join(ARMS)}")
     _setup_logging()
     sizes = {k: v for k, v in (("n_val", args.val_prompts), ("n_test", args.test_prompts)) if v is not None}
-    run_demo(args.config, args.overrides, arms=arms, seed=args.seed, out=args.out, **sizes)
+    run_demo(args.config, args.overrides, arms=arms, seed=args.seed, out=args.out, eval_guidance=args.eval_guidance, **sizes)
     return 0
 
 
@@ -175,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0, help="run.seed of every arm and the evaluation seed")
     demo.add_argument("--val-prompts", type=_positive, help="validation prompts scored after each round (default 40)")
     demo.add_argument("--test-prompts", type=_positive, help="test prompts scored per model (default 300)")
+    demo.add_argument("--eval-guidance", type=float, metavar="W",
+                      help="guidance scale of the scoring (default: generation.guidance_scale, the rollouts')")
     demo.add_argument("--out", help="demo directory (default: <run.output_dir>/<run.name>-demo-<time>)")
     demo.add_argument("overrides", nargs="*", help="key.path=value overrides for every arm")
     demo.set_defaults(func=cmd_demo)

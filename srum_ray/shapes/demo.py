@@ -1,6 +1,6 @@
 """The shapes-world demo: base model vs the SFT baseline vs SRUM, measured by the exact evaluator.
 
-    srum-ray demo --config configs/shapes.yaml [--arms sft,srum] [--seed 0] [key=value ...]
+    srum-ray demo --config configs/shapes.yaml [--arms sft,srum] [--seed 0] [--eval-guidance W] [key=value ...]
 
 1. Every arm is a full run of the config through its runtime (the Ray runtime on a local Ray
    for ``configs/shapes.yaml``), one after the other on one Ray session: ``srum`` is the config
@@ -12,7 +12,8 @@
    per round: an arm with a round that draws more than :data:`DRIFT_RATIO` times the base's
    share, or less than its inverse, gets a drift warning on the console and in the report); the
    last one, and the base weights, on the test prompts (seen and held-out combinations), one
-   image per prompt with the same seeds for every arm.
+   image per prompt with the same seeds for every arm, at the rollouts' guidance scale or at
+   ``--eval-guidance``.
 3. Writes into the demo directory: ``report.md`` (tables per category, per seen/unseen and
    per constraint kind, what the images draw next to the ground truth (self-training drift),
    and the understanding-vs-generation gap of the base model), ``results.json``,
@@ -194,6 +195,13 @@ class Evaluator:
         return report_dict(report, prompts), images
 
 
+def scoring_config(config: str, overrides: Sequence[str], guidance: float | None = None) -> SrumConfig:
+    """The config the scoring samples with: the arms' own, or with ``generation.guidance_scale``
+    set to ``guidance`` (rollouts without guidance, say, scored at the scale the base is measured
+    with). Validated like any override."""
+    return load_config(config, [*overrides, *([] if guidance is None else [f"generation.guidance_scale={guidance}"])])
+
+
 def checkpoint_state(run_dir: Path, r: int) -> dict:
     from safetensors.torch import load_file
 
@@ -275,13 +283,18 @@ def run_demo(
     n_val: int = 40,
     n_test: int = 300,
     out: str | Path | None = None,
+    eval_guidance: float | None = None,
     progress: Callable[[str], None] = print,
 ) -> Path:
-    """Run the demo (see the module docstring); returns the demo directory."""
+    """Run the demo (see the module docstring); returns the demo directory.
+
+    ``eval_guidance``: the guidance scale the scoring samples with (default: the config's
+    ``generation.guidance_scale``, the rollouts')."""
     from srum_ray.preflight import check_config
 
     t_start = time.perf_counter()
     base_cfg = load_config(config, list(overrides))
+    eval_cfg = scoring_config(config, overrides, eval_guidance)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     demo_dir = Path(out) if out is not None else Path(base_cfg.run.output_dir) / f"{base_cfg.run.name}-demo-{stamp}"
     cfgs = {arm: load_config(config, [*overrides, *arm_overrides(arm, seed, demo_dir)]) for arm in arms}
@@ -322,7 +335,7 @@ def run_demo(
     progress(f"[demo] scoring: {len(val)} validation prompts per round, {len(test)} test prompts per model")
     n_images = len(val) * (1 + sum(cfgs[arm].run.rounds for arm in results)) + len(test) * (1 + len(results))
     bar = tqdm(total=n_images, desc="scoring", unit="img", disable=not base_cfg.run.progress, file=sys.stderr, dynamic_ncols=True)
-    ev = Evaluator(base_cfg, seed, on_images=bar.update)
+    ev = Evaluator(eval_cfg, seed, on_images=bar.update)
 
     def say(message: str) -> None:  # a line above the bar, not through it
         with tqdm.external_write_mode(file=sys.stderr):
@@ -362,7 +375,8 @@ def run_demo(
     tables = {"base": base_test, **{arm: r.test for arm, r in results.items()}}
     drawn = {"ground truth": drawn_objects(ground_truth_images(test, seed), [p.spec for p in test]), **{n: t["drawn"] for n, t in tables.items()}}
     val_truth_ink = drawn_objects(ground_truth_images(val, seed))["ink"]
-    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start, drawn, val_truth_ink)
+    guidance = {"rollouts": base_cfg.generation.guidance_scale, "scoring": eval_cfg.generation.guidance_scale}
+    write_outputs(demo_dir, tables, results, gap, test, test_images, seed, time.perf_counter() - t_start, drawn, val_truth_ink, guidance)
     progress((demo_dir / "report.md").read_text())
     progress(f"[demo] wrote {demo_dir}")
     return demo_dir
@@ -371,6 +385,7 @@ def run_demo(
 def write_outputs(
     demo_dir: Path, tables: dict, results: dict[str, ArmResult], gap: dict, test: list[SplitPrompt], test_images: dict,
     seed: int, seconds: float, drawn: dict[str, dict[str, float]], val_truth_ink: float,
+    guidance: dict[str, float],
 ) -> None:
     from srum_ray.shapes.measure import format_gap_table
     from srum_ray.viz import line_plot
@@ -408,6 +423,7 @@ def write_outputs(
         "gap": gap,
         "drawn": drawn,
         "n_test": len(test),
+        "guidance": guidance,
     }
     (demo_dir / "results.json").write_text(json.dumps(payload, indent=2) + "\n")
     n_unseen = sum(p.unseen for p in test)
@@ -417,8 +433,9 @@ def write_outputs(
     text = f"""# shapes-world demo (seed {seed})
 
 Test prompts: {len(test)} ({len(test) - n_unseen} seen, {n_unseen} with held-out combinations);
-one image per prompt, same seeds for every model; accuracy = share of prompts whose image
-satisfies every constraint (exact evaluator), in %. Wall time {seconds / 60:.1f} min.
+one image per prompt, same seeds for every model, sampled at guidance {guidance["scoring"]:g} (the rollouts:
+{guidance["rollouts"]:g}); accuracy = share of prompts whose image satisfies every constraint
+(exact evaluator), in %. Wall time {seconds / 60:.1f} min.
 
 ## Accuracy per category (test)
 {format_table(tables, keys)}

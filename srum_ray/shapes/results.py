@@ -231,20 +231,28 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--doc", default="docs/RESULTS.md")
     ap.add_argument("--val-prompts", type=int, default=60)
     ap.add_argument("--test-prompts", type=int, default=300)
+    ap.add_argument("--eval-guidance", type=float, default=None,
+                    help="guidance scale of the scoring (default: generation.guidance_scale, the rollouts')")
     ap.add_argument("overrides", nargs="*")
     args = ap.parse_args(argv)
     if len(args.seeds) < 1:
         ap.error("give at least one seed")
-    from srum_ray.shapes.demo import run_demo
+    from srum_ray.shapes.demo import run_demo, scoring_config
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
+    scoring = scoring_config(args.config, args.overrides, args.eval_guidance).generation.guidance_scale
     per_seed = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"
         if not (out / "results.json").is_file():
             run_demo(args.config, args.overrides, arms=arms, seed=seed, n_val=args.val_prompts,
-                     n_test=args.test_prompts, out=out)
-        per_seed.append(json.loads((out / "results.json").read_text()))
+                     n_test=args.test_prompts, out=out, eval_guidance=args.eval_guidance)
+        res = json.loads((out / "results.json").read_text())
+        reused = res.get("guidance", {}).get("scoring", scoring)  # demos before the option: not recorded
+        if reused != scoring:
+            ap.error(f"{out}/results.json was scored at guidance {reused:g}, this sweep scores at {scoring:g}: "
+                     "give another --out, or delete that seed to rerun it")
+        per_seed.append(res)
     command = "python -m srum_ray.shapes.results " + " ".join(argv if argv is not None else sys.argv[1:])
     print(write_results(Path(args.doc), per_seed, args.seeds, command, args.config))
     return 0

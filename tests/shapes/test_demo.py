@@ -12,7 +12,16 @@ from PIL import Image
 from srum_ray.config.schema import GenerationConfig
 from srum_ray.models.shapes_umm import ShapesGenerator, ShapesNetConfig
 from srum_ray.shapes import results as results_mod
-from srum_ray.shapes.demo import DRIFT_RATIO, arm_overrides, drift_warning, ground_truth_images, run_demo, subsample
+from srum_ray.shapes.demo import (
+    DRIFT_RATIO,
+    Evaluator,
+    arm_overrides,
+    drift_warning,
+    ground_truth_images,
+    run_demo,
+    scoring_config,
+    subsample,
+)
 from srum_ray.shapes.evaluate import drawn_objects, evaluate
 from srum_ray.shapes.splits import load_split_prompts
 
@@ -25,10 +34,26 @@ def tiny_overrides(checkpoint) -> list[str]:
     ]
 
 
-def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
+def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path, monkeypatch):
+    import srum_ray.shapes.demo as demo_mod
+
+    scales = []
+
+    class Spy(Evaluator):  # the scale the scoring generator is built with
+        def __init__(self, cfg, *a, **k):
+            scales.append(cfg.generation.guidance_scale)
+            super().__init__(cfg, *a, **k)
+
+    monkeypatch.setattr(demo_mod, "Evaluator", Spy)
     out = run_demo("configs/shapes.yaml", tiny_overrides(checkpoint), arms=("sft", "srum"), seed=3,
-                   n_val=6, n_test=12, out=tmp_path / "demo", progress=lambda m: None)
+                   n_val=6, n_test=12, out=tmp_path / "demo", eval_guidance=2.0, progress=lambda m: None)
     res = json.loads((out / "results.json").read_text())
+    # scored at --eval-guidance, the rollouts at the config's 3.0: the report says both
+    assert res["guidance"] == {"rollouts": 3.0, "scoring": 2.0}
+    assert "sampled at guidance 2 (the rollouts:\n3)" in (out / "report.md").read_text()
+    assert scales == [2.0]
+    assert scoring_config("configs/shapes.yaml", tiny_overrides(checkpoint)).generation.guidance_scale == 3.0
+    test = subsample(load_split_prompts("configs/prompts/shapes/test.jsonl"), 12)
     assert set(res["test"]) == {"base", "sft", "srum"}
     for table in res["test"].values():
         assert 0.0 <= table["overall"] <= 1.0
@@ -43,7 +68,6 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path):
     assert f"| srum | {100 * res['test']['srum']['per_kind']['exists']:.1f} |" in kinds
     # what the images draw: every model and the rendered ground truth of the same test prompts
     assert list(res["drawn"]) == ["ground truth", "base", "sft", "srum"]
-    test = subsample(load_split_prompts("configs/prompts/shapes/test.jsonl"), 12)
     truth = drawn_objects(ground_truth_images(test, 3), [p.spec for p in test])
     assert res["drawn"]["ground truth"] == pytest.approx(truth)
     assert 1.0 <= truth["objects"] <= 4.0 and 0.0 < truth["ink"] < 0.5  # 1 to 4 objects on a plain canvas
@@ -129,6 +153,10 @@ def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
     mtime = (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime
     assert results_mod.main(argv) == 0
     assert (tmp_path / "sweep" / "seed0" / "results.json").stat().st_mtime == mtime
+    # ... unless it was scored at another guidance scale than the sweep asks for: an error, not a mix
+    with pytest.raises(SystemExit):
+        results_mod.main([*argv, "--eval-guidance", "1.5"])
+    assert json.loads((tmp_path / "sweep" / "seed0" / "results.json").read_text())["guidance"]["scoring"] == 3.0
 
 
 def _scan_module():
