@@ -32,7 +32,7 @@ from srum_ray.runtime.local import (  # noqa: F401 - re-exported for callers of 
     resolve_device,
 )
 from srum_ray.runtime.metrics import RunMetrics
-from srum_ray.stages import RewardFn, filter_counts, parse_counts, reward_stage
+from srum_ray.stages import SELECTION_KEYS, RewardFn, filter_counts, parse_counts, reward_stage
 from srum_ray.types import RolloutBatch
 from srum_ray.viz import contact_sheet, overlay_picture
 
@@ -205,7 +205,8 @@ class RoundLoop:
         result is joined per sample id in spec order; a missing or duplicated id is an error.
 
         Returns the rewarded batch, seconds per stage (summed over chunks), and the round's
-        counts of the missing-score policy.
+        counts: of the missing-score policy (``missing_policy``) and, with ``reward.min_global``
+        / ``min_region`` set, of the samples they left out (``selection``).
         """
         cfg, rd = self.cfg, self.run_dir
         specs = self._specs(r)
@@ -256,7 +257,8 @@ class RoundLoop:
         rd.write_samples(r, batch.records)
         if overview:
             contact_sheet(overview).save(rd.partial_round_dir(r) / "overview.png")
-        return batch, timings, {"missing_policy": missing}
+        selection = {k: missing.pop(k) for k in SELECTION_KEYS if k in missing}
+        return batch, timings, {"missing_policy": missing, **({"selection": selection} if selection else {})}
 
     def learn(self, r: int, batch: RolloutBatch) -> list[dict[str, Any]]:
         """``train.steps_per_round`` optimizer steps on the round's trained samples."""

@@ -93,6 +93,11 @@ def judge_stage(judge: Judge, batch: RolloutBatch) -> RolloutBatch:
 RewardFn = Callable[[RolloutBatch, RewardConfig, JudgeConfig], tuple[RolloutBatch, list[np.ndarray], dict[str, int]]]
 
 
+#: the counts :func:`selection_drop` adds to :func:`reward_stage`'s: samples left out by
+#: ``reward.min_global`` / ``reward.min_region`` (a round row keeps them under ``selection``)
+SELECTION_KEYS = ("below_min_global", "below_min_region")
+
+
 def selection_drop(g: float | None, region_scores: Sequence[float | None], reward_cfg: RewardConfig) -> tuple[str, str] | None:
     """``(count key, reason)`` when ``reward.min_global`` / ``reward.min_region`` leave a judged
     sample out, None when it is kept.

@@ -234,3 +234,15 @@ def test_a_drift_warning_reaches_the_log_and_metrics(tmp_path, monkeypatch, capl
         assert len(rounds[r]["warnings"]) == 1 and f"from {rounds[0]['global_score_mean']:+.3f}" in rounds[r]["warnings"][0]
         assert any(f"round {r}: the judge's mean global score fell" in m.getMessage() for m in caplog.records)
     assert rd.round_metrics(1) == rounds[1] and rd.round_metrics(5) is None
+
+
+def test_samples_left_out_by_selection_are_counted_apart_from_the_missing_policy(tmp_path):
+    from srum_ray.runtime.metrics import Point, round_points
+
+    rd = run(tiny_cfg(tmp_path, "run.rounds=1", "reward.min_global=1.0"))
+    row = next(json.loads(l) for l in (rd.path / "metrics.jsonl").read_text().splitlines() if '"kind": "round"' in l)
+    left_out = row["selection"]["below_min_global"]
+    assert left_out > 0 and not set(row["missing_policy"]) & {"below_min_global", "below_min_region"}
+    assert left_out + row["missing_policy"].get("sample_dropped", 0) == row["samples"] - row["samples_trained"]
+    assert sum(not s["trained"] and "reward.min_global" in s.get("drop_reason", "") for s in samples(rd, 0)) == left_out
+    assert Point("srum_samples_unselected", float(left_out)) in round_points(row)

@@ -27,6 +27,8 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
+from srum_ray.stages import SELECTION_KEYS
+
 log = logging.getLogger("srum_ray")
 
 PREFIX = "srum_"
@@ -117,7 +119,7 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
     Gauges take the row's values (None is skipped); counters get the round's increments:
     ``samples``, dropped samples (``missing_policy.sample_dropped``, else ``samples -
     samples_trained`` less the unselected), samples left out by ``reward.min_global`` /
-    ``min_region`` (``missing_policy.below_min_global`` + ``below_min_region``), the judge's ``parse`` counts with status retried or missing, and the
+    ``min_region`` (``selection.below_min_global`` + ``below_min_region``), the judge's ``parse`` counts with status retried or missing, and the
     round's drift ``warnings`` (see :func:`srum_ray.loop.score_drop_warning`).
     Replicas come from ``replicas`` ({role: n}) when the row has them.
     """
@@ -134,7 +136,9 @@ def round_points(row: Mapping[str, Any]) -> list[Point]:
     if samples:
         out.append(Point("srum_samples", samples))
     policy = row.get("missing_policy") or {}
-    unselected = sum(_num(policy.get(k)) or 0.0 for k in ("below_min_global", "below_min_region"))
+    # rows before the ``selection`` key kept these counts with the missing-score policy's
+    selection = row.get("selection") or policy
+    unselected = sum(_num(selection.get(k)) or 0.0 for k in SELECTION_KEYS)
     dropped = _num(policy.get("sample_dropped"))
     if dropped is None and samples is not None and _num(row.get("samples_trained")) is not None:
         dropped = samples - float(row["samples_trained"]) - unselected

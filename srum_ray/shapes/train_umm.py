@@ -6,8 +6,9 @@ Data (nothing is downloaded): the ``train`` split of :func:`srum_ray.shapes.spli
 (seed 0) plus single-object captions ("a large striped red circle"), both without the held-out
 attribute-object combinations; a fresh scene satisfying the prompt is drawn and rendered for
 every example (``--caption-noise P``: a share P of the train-split examples gets a scene wrong in
-one thing instead, under the same caption, as noisy web captions would; the shipped weights use
-none). Every draw is a function of ``(seed, step)``, so a run is repeatable (on the
+one thing instead, under the same caption, as noisy web captions would; ``--relation-share S``:
+a share S of the train-split examples names a relation instead of the split's ~24%, as web
+captions rarely say where things are; the shipped weights use neither). Every draw is a function of ``(seed, step)``, so a run is repeatable (on the
 same torch build and thread count: CPU reductions may round differently across thread counts).
 
 * Generator: plain flow matching (SPEC 2.5 without reward weights), prompt dropout 10% for

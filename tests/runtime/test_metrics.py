@@ -83,14 +83,18 @@ def test_round_points_skip_none_and_derive_dropped():
 
 
 def test_round_points_count_samples_left_out_by_selection():
-    row = {"round": 0, "samples": 10, "samples_trained": 3,
-           "missing_policy": {"below_min_global": 5, "below_min_region": 1}}
+    row = {"round": 0, "samples": 10, "samples_trained": 3, "missing_policy": {},
+           "selection": {"below_min_global": 5, "below_min_region": 1}}
     pts = round_points(row)
     assert Point("srum_samples_unselected", 6.0) in pts
     # the rest of the untrained samples were dropped for missing scores
     assert Point("srum_samples_dropped", 1.0) in pts
     row["missing_policy"]["sample_dropped"] = 0
     assert "srum_samples_dropped" not in [p.name for p in round_points(row)]
+    # rows written before the selection key had these counts with the missing-score policy's
+    old = {"round": 0, "samples": 10, "samples_trained": 3,
+           "missing_policy": {"below_min_global": 5, "below_min_region": 1}}
+    assert Point("srum_samples_unselected", 6.0) in round_points(old) and Point("srum_samples_dropped", 1.0) in round_points(old)
 
 
 def test_parse_prometheus_reads_labels_and_skips_comments():
