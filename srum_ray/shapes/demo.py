@@ -401,12 +401,17 @@ def write_outputs(
     ink_series["ground truth"] = [(-1.0, 100 * val_truth_ink), (float(max(0, last)), 100 * val_truth_ink)]
     line_plot(ink_series, title="share of the canvas drawn (validation): base weights, then after each round", x_label="after round",
               y_label="% drawn", x_tick_labels=base_tick).save(demo_dir / "drawn_per_round.png")
+    reward_pictures = []
     if "srum" in results:
         run_dir = Path(results["srum"].run_dir)
         rounds = sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]"))
-        if rounds:
-            shutil.copyfile(rounds[0] / "overview.png", demo_dir / "reward_maps_round_first.png")
-            shutil.copyfile(rounds[-1] / "overview.png", demo_dir / "reward_maps_round_last.png")
+        for which, round_dir in (("first", rounds[:1]), ("last", rounds[-1:])):
+            # a round writes its overview only with output.overlays on
+            for sheet in (d / "overview.png" for d in round_dir if (d / "overview.png").is_file()):
+                shutil.copyfile(sheet, demo_dir / f"reward_maps_round_{which}.png")
+                reward_pictures.append(f"reward_maps_round_{which}.png")
+    pictures = (" / ".join(reward_pictures) + " (SRUM's judged samples: boxes, region scores, reward map)"
+                if reward_pictures else "no reward-map pictures (no SRUM arm, or output.overlays off)")
     ok = {name: tables[name]["correct"] for name in test_images}
     comparison_sheet([p.spec for p in test[:: max(1, len(test) // 12)]], {k: v[:: max(1, len(test) // 12)] for k, v in test_images.items()}, {k: v[:: max(1, len(test) // 12)] for k, v in ok.items()}).save(demo_dir / "test_images.png")
 
@@ -464,8 +469,7 @@ weights after each round (rounds numbered from 0, as in the run directories).
 ## Understanding vs generation (base model, test prompts)
 {format_gap_table(gap)}
 
-Pictures: reward_maps_round_first.png / reward_maps_round_last.png (SRUM's judged samples:
-boxes, region scores, reward map), test_images.png (the same test prompts, one row per model;
+Pictures: {pictures}, test_images.png (the same test prompts, one row per model;
 green bar = correct). Runs: {", ".join(f"{a}: {Path(r.run_dir).resolve()}" for a, r in results.items())}
 """
     (demo_dir / "report.md").write_text(text)

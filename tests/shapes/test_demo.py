@@ -103,6 +103,16 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path, monkeypatch)
         assert f"ablation: {ablation}" in cfg
 
 
+def test_demo_without_overlays_still_writes_its_report(checkpoint, tmp_path):
+    # output.overlays off (configs/shapes_select.yaml): no round overview to copy, the report says so
+    over = [*tiny_overrides(checkpoint), "run.rounds=1", "output.overlays=false"]
+    out = run_demo("configs/shapes.yaml", over, arms=("srum",), seed=1, n_val=2, n_test=4,
+                   out=tmp_path / "demo", progress=lambda m: None)
+    assert set(json.loads((out / "results.json").read_text())["test"]) == {"base", "srum"}
+    assert "no reward-map pictures" in (out / "report.md").read_text()
+    assert not list(out.glob("reward_maps_round_*.png")) and (out / "test_images.png").is_file()
+
+
 def test_drift_warning_flags_an_arm_beyond_the_ratio_either_way():
     base = (-1, 0.19)
     assert drift_warning("sft", [base, (0, 0.20), (1, 0.19 * DRIFT_RATIO * 0.99)]) is None
