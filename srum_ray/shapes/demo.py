@@ -405,10 +405,9 @@ def write_outputs(
     if "srum" in results:
         run_dir = Path(results["srum"].run_dir)
         rounds = sorted((run_dir / "rounds").glob("[0-9][0-9][0-9][0-9]"))
-        for which, round_dir in (("first", rounds[:1]), ("last", rounds[-1:])):
-            # a round writes its overview only with output.overlays on
-            for sheet in (d / "overview.png" for d in round_dir if (d / "overview.png").is_file()):
-                shutil.copyfile(sheet, demo_dir / f"reward_maps_round_{which}.png")
+        for which, round_dir in (("first", rounds[0]), ("last", rounds[-1])) if rounds else ():
+            if (round_dir / "overview.png").is_file():  # written only with output.overlays on
+                shutil.copyfile(round_dir / "overview.png", demo_dir / f"reward_maps_round_{which}.png")
                 reward_pictures.append(f"reward_maps_round_{which}.png")
     pictures = (" / ".join(reward_pictures) + " (SRUM's judged samples: boxes, region scores, reward map)"
                 if reward_pictures else "no reward-map pictures (no SRUM arm, or output.overlays off)")

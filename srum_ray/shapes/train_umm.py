@@ -8,8 +8,9 @@ attribute-object combinations; a fresh scene satisfying the prompt is drawn and 
 every example (``--caption-noise P``: a share P of the train-split examples gets a scene wrong in
 one thing instead, under the same caption, as noisy web captions would; ``--relation-share S``:
 a share S of the train-split examples names a relation instead of the split's ~24%, as web
-captions rarely say where things are; the shipped weights use neither). Every draw is a function of ``(seed, step)``, so a run is repeatable (on the
-same torch build and thread count: CPU reductions may round differently across thread counts).
+captions rarely say where things are; the shipped weights use neither). Every draw is a
+function of ``(seed, step)``, so a run is repeatable (on the same torch build and thread count:
+CPU reductions may round differently across thread counts).
 
 * Generator: plain flow matching (SPEC 2.5 without reward weights), prompt dropout 10% for
   classifier-free guidance, AdamW with warm-up, EMA of the weights (the EMA is shipped). It is
