@@ -58,6 +58,8 @@ COLOUR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPE_NAMES = ("circle", "square", "triangle", "star")
 SIZE_NAMES = ("small", "large")
 TEXTURE_NAMES = ("solid", "striped")
+#: words that open an object phrase (``ShapesNetConfig.segments``)
+PHRASE_STARTS = ("a", "an", "one", "two", "three", "four")
 ATTRIBUTE_HEADS = {"colour": COLOUR_NAMES, "shape": SHAPE_NAMES, "size": SIZE_NAMES, "texture": TEXTURE_NAMES}
 
 
@@ -126,6 +128,15 @@ class ShapesNetConfig:
     #: scene latent's 17 numbers a cell fit in a token, and x-prediction's 1/t^2 weighting of
     #: the v-loss would train the low-noise end, not the layout)
     prediction: str = "x"
+    #: text-only transformer layers over the prompt's words before the joint blocks (a text
+    #: encoder; 0: the words enter the joint attention as embedded)
+    text_depth: int = 0
+    #: add an embedding of each word's object phrase (a phrase starts at an article or a number
+    #: word), as a parser-aware text encoder would mark which words describe which object
+    segments: bool = False
+    #: modulate every block by the mean of the prompt's word embeddings as well as the time
+    #: (off: the prompt reaches the image only through attention, as in PixArt)
+    pooled_text: bool = True
 
     def __post_init__(self) -> None:
         if self.arch not in ("dit", "udit"):
@@ -133,6 +144,8 @@ class ShapesNetConfig:
         for name, width, heads in (("", self.width, self.heads), ("judge_", self.judge_width, self.judge_heads)):
             if width % heads:
                 raise ValueError(f"ShapesNetConfig.{name}width ({width}) must be a multiple of {name}heads ({heads})")
+        if self.text_depth < 0:
+            raise ValueError(f"ShapesNetConfig.text_depth must be 0 or more, got {self.text_depth}")
         if self.prediction not in ("x", "v"):
             raise ValueError(f"ShapesNetConfig.prediction must be 'x' or 'v', got {self.prediction!r}")
         if self.latent not in ("pixels", "scene"):
@@ -213,8 +226,11 @@ def _unpatchify(tok: torch.Tensor, p: int, ch: int, hh: int, ww: int) -> torch.T
 
 
 def _condition(net: nn.Module, t: torch.Tensor, words: torch.Tensor, pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The conditioning vector (time + mean of the prompt's word embeddings) and the word mask."""
+    """The conditioning vector (time, + the mean of the prompt's word embeddings unless
+    ``cfg.pooled_text`` is off) and the word mask."""
     word_keep = words != pad_id
+    if not net.cfg.pooled_text:
+        return net.t_mlp(_timestep_features(t, net.cfg.width)), word_keep
     pooled = (net.word_emb(words) * word_keep[..., None]).sum(1) / word_keep.sum(1, keepdim=True).clamp(min=1)
     return net.t_mlp(_timestep_features(t, net.cfg.width)) + net.text_mlp(pooled), word_keep
 
@@ -224,11 +240,33 @@ def _joint_attention(net: nn.Module, img: torch.Tensor, words: torch.Tensor, wor
     as one sequence; returns the image tokens."""
     img = img + net.img_pos
     txt = net.word_emb(words) + net.word_pos[: words.shape[1]]
+    if net.cfg.segments:
+        starts = torch.isin(words, net.phrase_starts)
+        txt = txt + net.segment_emb(starts.long().cumsum(1).clamp(max=net.segment_emb.num_embeddings - 1))
+    for blk in getattr(net, "text_blocks", ()):
+        txt = blk(txt, src_key_padding_mask=~word_keep)
     seq = torch.cat([txt, img], dim=1)
     keep = torch.cat([word_keep, torch.ones(img.shape[:2], dtype=torch.bool, device=img.device)], dim=1)
     for blk in net.blocks:
         seq = blk(seq, cond, keep)
     return seq[:, words.shape[1] :]
+
+
+def _add_text_encoder(net: nn.Module, cfg: "ShapesNetConfig", vocab: Sequence[str]) -> None:
+    """``cfg.text_depth`` text-only layers and, with ``cfg.segments``, the phrase embedding
+    (modules exist only when asked for, so older checkpoints load unchanged)."""
+    d = cfg.width
+    if cfg.text_depth:
+        net.text_blocks = nn.ModuleList(
+            nn.TransformerEncoderLayer(d, cfg.heads, 4 * d, dropout=0.0, activation="gelu", batch_first=True, norm_first=True)
+            for _ in range(cfg.text_depth)
+        )
+    if cfg.segments:
+        net.segment_emb = nn.Embedding(8, d)
+        nn.init.normal_(net.segment_emb.weight, std=0.02)
+        # ids of the words that open an object phrase (a vocabulary without them has none)
+        ids = [i for i, w in enumerate(vocab) if w in PHRASE_STARTS]
+        net.register_buffer("phrase_starts", torch.tensor(ids, dtype=torch.long), persistent=False)
 
 
 class ShapesDiT(nn.Module):
@@ -240,13 +278,14 @@ class ShapesDiT(nn.Module):
     pass per-pixel noise through, while clean flat-colour patches are easy to predict.
     """
 
-    def __init__(self, cfg: ShapesNetConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ShapesNetConfig, vocab: Sequence[str]) -> None:
         super().__init__()
         self.cfg = cfg
         d, p, c = cfg.width, cfg.patch, cfg.latent_channels
         n_img = (cfg.latent_side // p) ** 2
-        self.word_emb = nn.Embedding(vocab_size, d)
+        self.word_emb = nn.Embedding(len(vocab), d)
         self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        _add_text_encoder(self, cfg, vocab)
         self.patch_in = nn.Linear(c * p * p, d)
         self.img_pos = nn.Parameter(torch.randn(n_img, d) * 0.02)
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
@@ -306,13 +345,14 @@ class ShapesUDiT(nn.Module):
     velocity directly, the loss SPEC 2.5 trains, with every time weighted alike.
     """
 
-    def __init__(self, cfg: ShapesNetConfig, vocab_size: int) -> None:
+    def __init__(self, cfg: ShapesNetConfig, vocab: Sequence[str]) -> None:
         super().__init__()
         self.cfg = cfg
         d, p, chans = cfg.width, cfg.patch, cfg.conv_channels
         n_img = (cfg.latent_side // p) ** 2
-        self.word_emb = nn.Embedding(vocab_size, d)
+        self.word_emb = nn.Embedding(len(vocab), d)
         self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        _add_text_encoder(self, cfg, vocab)
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.stem = nn.Conv2d(3, chans[0], 3, padding=1)
@@ -351,9 +391,9 @@ class ShapesUDiT(nn.Module):
         return F.pixel_unshuffle(v, cfg.unshuffle)
 
 
-def build_generator_net(cfg: ShapesNetConfig, vocab_size: int) -> nn.Module:
-    """The generator network ``cfg.arch`` names."""
-    return ShapesUDiT(cfg, vocab_size) if cfg.arch == "udit" else ShapesDiT(cfg, vocab_size)
+def build_generator_net(cfg: ShapesNetConfig, vocab: Sequence[str]) -> nn.Module:
+    """The generator network ``cfg.arch`` names, for the tokenizer's vocabulary ``vocab``."""
+    return ShapesUDiT(cfg, vocab) if cfg.arch == "udit" else ShapesDiT(cfg, vocab)
 
 
 # --------------------------------------------------------------------------- generator
@@ -394,7 +434,7 @@ class ShapesGenerator(GenerationModel):
         self.codec = latent_codec(cfg)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            self.net = build_generator_net(cfg, len(self.tokenizer.vocab))
+            self.net = build_generator_net(cfg, self.tokenizer.vocab)
         self.net.to(self.device, dtype)
 
     @property

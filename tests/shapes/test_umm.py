@@ -329,3 +329,43 @@ def test_evaluation_images_do_not_depend_on_following_progress(checkpoint, monke
     chunked = M.generate_for(gen, specs, seed=2, on_images=updates.append)
     assert updates == [3, 3, 1]
     assert [np.asarray(a).tobytes() for a in chunked] == [np.asarray(b).tobytes() for b in whole]
+
+
+def test_text_encoder_switches_are_off_by_default_and_round_trip_when_on(tmp_path):
+    """``text_depth``, ``segments`` and ``pooled_text`` (session 20's binding experiments): off,
+    the network has exactly the old parameters (shipped checkpoints load); on, each adds or
+    drops what it says and survives a save and load."""
+    words = ShapesGenerator(SMALL, GEN, seed=5).net
+    assert not any(k.startswith(("text_blocks", "segment_emb")) for k in words.state_dict())
+    x = torch.randn(2, *ShapesGenerator(SMALL, GEN).latent_shape)
+    for extra in ({"text_depth": 2}, {"segments": True}, {"pooled_text": False}):
+        cfg = dataclasses.replace(SMALL, **extra)
+        gen = ShapesGenerator(cfg, GEN, seed=5)
+        keys = set(gen.net.state_dict())
+        assert any(k.startswith("text_blocks.1.") for k in keys) == ("text_depth" in extra)
+        assert ("segment_emb.weight" in keys) == ("segments" in extra)
+        cond = gen.encode_prompts(["a red circle and two stars", "one blue square"])
+        v = gen.predict_velocity(x, torch.tensor([0.3, 0.9]), cond)
+        gen.save_pretrained(tmp_path / str(extra))
+        back = ShapesGenerator.from_pretrained(tmp_path / str(extra), GEN)
+        assert dataclasses.asdict(back.cfg) == dataclasses.asdict(cfg)
+        assert torch.equal(back.predict_velocity(x, torch.tensor([0.3, 0.9]), cond), v)
+    with pytest.raises(ValueError, match="text_depth must be 0 or more"):
+        ShapesNetConfig(text_depth=-1)
+
+
+def test_segments_number_the_object_phrases_and_pooled_text_off_leaves_time_only():
+    from srum_ray.models.shapes_umm import _condition
+
+    gen = ShapesGenerator(dataclasses.replace(SMALL, segments=True, pooled_text=False), GEN, seed=6)
+    words = gen.tokenizer(["a red circle and two stars left of one square"])
+    starts = torch.isin(words, gen.net.phrase_starts)
+    # <cls> a red circle and two stars left of one square: phrases open at a, two, one
+    assert starts.long().cumsum(1)[0, :11].tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    t = torch.tensor([0.4, 0.4])
+    other = gen.tokenizer(["a red circle and two stars left of one square", "three green triangles"])
+    cond, _ = _condition(gen.net, t, other, gen.tokenizer.pad_id)
+    assert torch.equal(cond[0], cond[1])  # without the pooled prompt the vector is the time's alone
+    pooled = ShapesGenerator(SMALL, GEN, seed=6)
+    cond, _ = _condition(pooled.net, t, other, pooled.tokenizer.pad_id)
+    assert not torch.allclose(cond[0], cond[1])
