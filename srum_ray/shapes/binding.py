@@ -18,14 +18,14 @@ import random
 from pathlib import Path
 from typing import Sequence
 
-from srum_ray.shapes.constraints import PromptSpec
-from srum_ray.shapes.grammar import parse_prompt
+from srum_ray.shapes.constraints import ObjectQuery, PromptSpec
+from srum_ray.shapes.grammar import noun_phrase, parse_prompt
 from srum_ray.shapes.spec import COLOURS, SHAPES
 
 
 def swapped_pairs(n: int, seed: int = 0) -> list[tuple[PromptSpec, PromptSpec]]:
     """``n`` (prompt, swapped prompt) pairs: ``a C1 S1 and a C2 S2`` and ``a C2 S1 and a C1 S2``
-    with S1 != S2 and C1 != C2, drawn from ``seed``."""
+    (with "an" where the grammar says it) with S1 != S2 and C1 != C2, drawn from ``seed``."""
     if n < 1:
         raise ValueError(f"the binding test needs at least one prompt, got {n}")
     rng = random.Random(f"binding/{seed}")
@@ -33,7 +33,11 @@ def swapped_pairs(n: int, seed: int = 0) -> list[tuple[PromptSpec, PromptSpec]]:
     for _ in range(n):
         s1, s2 = rng.sample(list(SHAPES), 2)
         c1, c2 = rng.sample(list(COLOURS), 2)
-        pairs.append((parse_prompt(f"a {c1} {s1} and a {c2} {s2}"), parse_prompt(f"a {c2} {s1} and a {c1} {s2}")))
+        def prompt(first: str, second: str) -> PromptSpec:
+            a, b = ObjectQuery(shape=s1, colour=first), ObjectQuery(shape=s2, colour=second)
+            return parse_prompt(f"{noun_phrase(a)} and {noun_phrase(b)}")
+
+        pairs.append((prompt(c1, c2), prompt(c2, c1)))
     return pairs
 
 

@@ -19,7 +19,7 @@ def test_pairs_name_the_same_words_bound_the_other_way():
         assert sorted(own.text.split()) == sorted(swapped.text.split()) and own.text != swapped.text
         c1, s1, _, _, c2, s2 = own.text.split()[1:]
         assert len({s1, s2}) == 2 and len({c1, c2}) == 2
-        assert swapped.text == f"a {c2} {s1} and a {c1} {s2}"
+        assert swapped.text.replace("an ", "a ") == f"a {c2} {s1} and a {c1} {s2}"
     with pytest.raises(ValueError, match="at least one prompt"):
         binding.swapped_pairs(0)
 
