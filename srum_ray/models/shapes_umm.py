@@ -241,8 +241,7 @@ def _joint_attention(net: nn.Module, img: torch.Tensor, words: torch.Tensor, wor
     img = img + net.img_pos
     txt = net.word_emb(words) + net.word_pos[: words.shape[1]]
     if net.cfg.segments:
-        starts = torch.isin(words, net.phrase_starts)
-        txt = txt + net.segment_emb(starts.long().cumsum(1).clamp(max=net.segment_emb.num_embeddings - 1))
+        txt = txt + net.segment_emb(phrase_index(words, net.phrase_starts, net.segment_emb.num_embeddings))
     for blk in getattr(net, "text_blocks", ()):
         txt = blk(txt, src_key_padding_mask=~word_keep)
     seq = torch.cat([txt, img], dim=1)
@@ -250,6 +249,12 @@ def _joint_attention(net: nn.Module, img: torch.Tensor, words: torch.Tensor, wor
     for blk in net.blocks:
         seq = blk(seq, cond, keep)
     return seq[:, words.shape[1] :]
+
+
+def phrase_index(words: torch.Tensor, starts: torch.Tensor, n: int) -> torch.Tensor:
+    """Each word's object phrase: 0 before the first word in ``starts`` (ids), then 1, 2, ...
+    counting the words in ``starts`` up to and including it; capped at ``n - 1``."""
+    return torch.isin(words, starts).long().cumsum(1).clamp(max=n - 1)
 
 
 def _add_text_encoder(net: nn.Module, cfg: "ShapesNetConfig", vocab: Sequence[str]) -> None:

@@ -33,12 +33,14 @@ def swapped_pairs(n: int, seed: int = 0) -> list[tuple[PromptSpec, PromptSpec]]:
     for _ in range(n):
         s1, s2 = rng.sample(list(SHAPES), 2)
         c1, c2 = rng.sample(list(COLOURS), 2)
-        def prompt(first: str, second: str) -> PromptSpec:
-            a, b = ObjectQuery(shape=s1, colour=first), ObjectQuery(shape=s2, colour=second)
-            return parse_prompt(f"{noun_phrase(a)} and {noun_phrase(b)}")
-
-        pairs.append((prompt(c1, c2), prompt(c2, c1)))
+        pairs.append((_two_objects(s1, c1, s2, c2), _two_objects(s1, c2, s2, c1)))
     return pairs
+
+
+def _two_objects(s1: str, c1: str, s2: str, c2: str) -> PromptSpec:
+    """``a C1 S1 and a C2 S2`` in the grammar's own words."""
+    a, b = ObjectQuery(shape=s1, colour=c1), ObjectQuery(shape=s2, colour=c2)
+    return parse_prompt(f"{noun_phrase(a)} and {noun_phrase(b)}")
 
 
 def binding_scores(own: Sequence[PromptSpec], swapped: Sequence[PromptSpec], images: Sequence) -> dict:

@@ -335,8 +335,8 @@ def test_text_encoder_switches_are_off_by_default_and_round_trip_when_on(tmp_pat
     """``text_depth``, ``segments`` and ``pooled_text`` (session 20's binding experiments): off,
     the network has exactly the old parameters (shipped checkpoints load); on, each adds or
     drops what it says and survives a save and load."""
-    words = ShapesGenerator(SMALL, GEN, seed=5).net
-    assert not any(k.startswith(("text_blocks", "segment_emb")) for k in words.state_dict())
+    plain = ShapesGenerator(SMALL, GEN, seed=5).net
+    assert not any(k.startswith(("text_blocks", "segment_emb")) for k in plain.state_dict())
     x = torch.randn(2, *ShapesGenerator(SMALL, GEN).latent_shape)
     for extra in ({"text_depth": 2}, {"segments": True}, {"pooled_text": False}):
         cfg = dataclasses.replace(SMALL, **extra)
@@ -355,13 +355,14 @@ def test_text_encoder_switches_are_off_by_default_and_round_trip_when_on(tmp_pat
 
 
 def test_segments_number_the_object_phrases_and_pooled_text_off_leaves_time_only():
-    from srum_ray.models.shapes_umm import _condition
+    from srum_ray.models.shapes_umm import _condition, phrase_index
 
     gen = ShapesGenerator(dataclasses.replace(SMALL, segments=True, pooled_text=False), GEN, seed=6)
-    words = gen.tokenizer(["a red circle and two stars left of one square"])
-    starts = torch.isin(words, gen.net.phrase_starts)
+    words = gen.tokenizer(["a red circle and two stars left of one square", "an orange star"])
     # <cls> a red circle and two stars left of one square: phrases open at a, two, one
-    assert starts.long().cumsum(1)[0, :11].tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert phrase_index(words, gen.net.phrase_starts, 8)[0, :11].tolist() == [0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3]
+    assert phrase_index(words, gen.net.phrase_starts, 8)[1, :4].tolist() == [0, 1, 1, 1]
+    assert phrase_index(words, gen.net.phrase_starts, 3)[0, 9:11].tolist() == [2, 2]  # capped
     t = torch.tensor([0.4, 0.4])
     other = gen.tokenizer(["a red circle and two stars left of one square", "three green triangles"])
     cond, _ = _condition(gen.net, t, other, gen.tokenizer.pad_id)
