@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from srum_ray.config.load import load_config  # noqa: E402
+from srum_ray.config.load import ConfigError, load_config  # noqa: E402
 from srum_ray.runtime.local import apply_cpu_threads  # noqa: E402
 from srum_ray.shapes.demo import (  # noqa: E402
     PROMPT_DIR,
@@ -80,8 +80,11 @@ def main(argv: list[str] | None = None) -> dict:
     out = Path(args.out)
     train_arm = "srum" if args.arm == "base" else args.arm
     overrides = ["runtime.mode=local", *args.overrides, *arm_overrides(train_arm, args.seed, out / args.name)]
-    cfg = load_config(args.config, overrides)
-    eval_cfg = scoring_config(args.config, overrides, args.eval_guidance)
+    try:
+        cfg = load_config(args.config, overrides)
+        eval_cfg = scoring_config(args.config, overrides, args.eval_guidance)
+    except ConfigError as e:
+        ap.error(str(e))
 
     apply_cpu_threads(cfg)
     t0 = time.perf_counter()

@@ -198,8 +198,17 @@ class Evaluator:
 def scoring_config(config: str, overrides: Sequence[str], guidance: float | None = None) -> SrumConfig:
     """The config the scoring samples with: the arms' own, or with ``generation.guidance_scale``
     set to ``guidance`` (rollouts without guidance, say, scored at the scale the base is measured
-    with). Validated like any override."""
-    return load_config(config, [*overrides, *([] if guidance is None else [f"generation.guidance_scale={guidance}"])])
+    with). Validated like any override; a bad ``guidance`` is named as the ``--eval-guidance``
+    it came from (the config and ``overrides`` are checked first, so their errors stay theirs)."""
+    from srum_ray.config.load import ConfigError
+
+    cfg = load_config(config, list(overrides))
+    if guidance is None:
+        return cfg
+    try:
+        return load_config(config, [*overrides, f"generation.guidance_scale={guidance}"])
+    except ConfigError as e:
+        raise ConfigError(f"--eval-guidance {guidance}: {e}") from e
 
 
 def checkpoint_state(run_dir: Path, r: int) -> dict:

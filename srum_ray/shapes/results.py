@@ -240,7 +240,12 @@ def main(argv: list[str] | None = None) -> int:
     from srum_ray.shapes.demo import run_demo, scoring_config
 
     arms = [a.strip() for a in args.arms.split(",") if a.strip()]
-    scoring = scoring_config(args.config, args.overrides, args.eval_guidance).generation.guidance_scale
+    from srum_ray.config.load import ConfigError
+
+    try:
+        scoring = scoring_config(args.config, args.overrides, args.eval_guidance).generation.guidance_scale
+    except ConfigError as e:
+        ap.error(str(e))
     per_seed = []
     for seed in args.seeds:
         out = Path(args.out) / f"seed{seed}"

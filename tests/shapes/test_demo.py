@@ -103,6 +103,24 @@ def test_demo_writes_tables_plot_and_pictures(checkpoint, tmp_path, monkeypatch)
         assert f"ablation: {ablation}" in cfg
 
 
+def test_a_bad_scoring_guidance_is_named_as_the_flag_it_came_from(tmp_path, capsys):
+    from srum_ray.config.load import ConfigError
+
+    with pytest.raises(ConfigError, match=r"^--eval-guidance -2.0: generation.guidance_scale = -2.0 is out of range"):
+        scoring_config("configs/shapes.yaml", [], -2.0)
+    # an error in the overrides stays theirs, even with a scoring guidance given
+    with pytest.raises(ConfigError, match=r"^train.lr"):
+        scoring_config("configs/shapes.yaml", ["train.lr=-1"], 2.0)
+    assert scoring_config("configs/shapes.yaml", [], 1.5).generation.guidance_scale == 1.5
+    # the sweep and the scan say it as a usage error, before anything runs
+    for main in (results_mod.main, _scan_module().main):
+        argv = ["--eval-guidance", "-1", "--out", str(tmp_path / "out")]
+        with pytest.raises(SystemExit):
+            main(argv + (["--name", "x", "--arm", "base"] if main is not results_mod.main else []))
+        assert "error: --eval-guidance -1.0: generation.guidance_scale = -1.0 is out of range" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
 def test_demo_without_overlays_still_writes_its_report(checkpoint, tmp_path):
     # output.overlays off (configs/shapes_select.yaml): no round overview to copy, the report says so
     over = [*tiny_overrides(checkpoint), "run.rounds=1", "output.overlays=false"]
