@@ -222,6 +222,20 @@ Per-seed reports (tables, accuracy-per-round plots, reward-map pictures): `<out>
     return text
 
 
+def scored_guidance(res: dict) -> float | None:
+    """The guidance scale a demo's test images were sampled at: ``results.json`` records it since
+    ``--eval-guidance`` exists; before, the scoring used the rollouts' scale, which every arm's run
+    directory keeps in its ``config.yaml``. None when neither is there."""
+    if "guidance" in res:
+        return float(res["guidance"]["scoring"])
+    from srum_ray.rundir import CONFIG, RunDir
+
+    for run in res.get("runs", {}).values():
+        if (Path(run) / CONFIG).is_file():
+            return float(RunDir(run).load_config().generation.guidance_scale)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
@@ -253,7 +267,10 @@ def main(argv: list[str] | None = None) -> int:
             run_demo(args.config, args.overrides, arms=arms, seed=seed, n_val=args.val_prompts,
                      n_test=args.test_prompts, out=out, eval_guidance=args.eval_guidance)
         res = json.loads((out / "results.json").read_text())
-        reused = res.get("guidance", {}).get("scoring", scoring)  # demos before the option: not recorded
+        reused = scored_guidance(res)
+        if reused is None:
+            ap.error(f"{out}/results.json does not say what guidance its test images were sampled at (written before "
+                     "that was recorded, and its arms' run directories are gone): delete that seed to rerun it")
         if reused != scoring:
             ap.error(f"{out}/results.json was scored at guidance {reused:g}, this sweep scores at {scoring:g}: "
                      "give another --out, or delete that seed to rerun it")

@@ -165,7 +165,7 @@ def test_arm_overrides_and_subsample():
     assert sum(p.unseen for p in picked) == 30
 
 
-def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
+def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path, capsys):
     doc = tmp_path / "RESULTS.md"
     argv = ["--seeds", "0", "1", "--arms", "sft,srum,no_global", "--out", str(tmp_path / "sweep"), "--doc", str(doc),
             "--val-prompts", "6", "--test-prompts", "12", *tiny_overrides(checkpoint)]
@@ -185,6 +185,23 @@ def test_results_sweep_writes_mean_and_spread(checkpoint, tmp_path):
     with pytest.raises(SystemExit):
         results_mod.main([*argv, "--eval-guidance", "1.5"])
     assert json.loads((tmp_path / "sweep" / "seed0" / "results.json").read_text())["guidance"]["scoring"] == 3.0
+    # a results.json from before the scale was recorded: read from its arms' run configs (the
+    # rollouts' scale, which such demos scored at) ...
+    path = tmp_path / "sweep" / "seed0" / "results.json"
+    old = json.loads(path.read_text())
+    del old["guidance"]
+    path.write_text(json.dumps(old))
+    assert results_mod.scored_guidance(old) == 3.0
+    assert results_mod.main(argv) == 0
+    with pytest.raises(SystemExit):
+        results_mod.main([*argv, "--eval-guidance", "1.5"])
+    # ... and with those gone as well, an error rather than a guess
+    old["runs"] = {arm: str(tmp_path / "gone" / arm) for arm in old["runs"]}
+    path.write_text(json.dumps(old))
+    assert results_mod.scored_guidance(old) is None
+    with pytest.raises(SystemExit):
+        results_mod.main(argv)
+    assert "does not say what guidance" in capsys.readouterr().err
 
 
 def _scan_module():
