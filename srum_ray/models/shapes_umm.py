@@ -137,6 +137,10 @@ class ShapesNetConfig:
     #: modulate every block by the mean of the prompt's word embeddings as well as the time
     #: (off: the prompt reaches the image only through attention, as in PixArt)
     pooled_text: bool = True
+    #: standard deviation the word position embeddings start at (0.02: 25 times below the word
+    #: embeddings' row norm after LayerNorm scaling, so word order barely registers; 1.0: the
+    #: word embeddings' own scale)
+    word_pos_std: float = 0.02
 
     def __post_init__(self) -> None:
         if self.arch not in ("dit", "udit"):
@@ -289,7 +293,7 @@ class ShapesDiT(nn.Module):
         d, p, c = cfg.width, cfg.patch, cfg.latent_channels
         n_img = (cfg.latent_side // p) ** 2
         self.word_emb = nn.Embedding(len(vocab), d)
-        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * cfg.word_pos_std)
         _add_text_encoder(self, cfg, vocab)
         self.patch_in = nn.Linear(c * p * p, d)
         self.img_pos = nn.Parameter(torch.randn(n_img, d) * 0.02)
@@ -356,7 +360,7 @@ class ShapesUDiT(nn.Module):
         d, p, chans = cfg.width, cfg.patch, cfg.conv_channels
         n_img = (cfg.latent_side // p) ** 2
         self.word_emb = nn.Embedding(len(vocab), d)
-        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * 0.02)
+        self.word_pos = nn.Parameter(torch.randn(cfg.max_words, d) * cfg.word_pos_std)
         _add_text_encoder(self, cfg, vocab)
         self.t_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))
         self.text_mlp = nn.Sequential(nn.Linear(d, d), nn.SiLU(), nn.Linear(d, d))

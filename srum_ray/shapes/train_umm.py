@@ -293,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--text-depth", type=int, default=None, help="text-only layers over the prompt before the joint blocks")
     ap.add_argument("--no-pooled-text", dest="pooled_text", action="store_false",
                     help="the prompt reaches the image only through attention (ShapesNetConfig.pooled_text)")
+    ap.add_argument("--word-pos-std", type=float, default=None,
+                    help="initial scale of the word position embeddings (ShapesNetConfig.word_pos_std)")
     ap.add_argument("--segments", action="store_true", help="mark each word's object phrase (ShapesNetConfig.segments)")
     ap.add_argument("--eval-prompts", type=int, default=600, help="test prompts measured for the card")
     ap.add_argument("--gen-init", default=None,
@@ -310,7 +312,8 @@ def main(argv: list[str] | None = None) -> int:
     corpus = Corpus(splits["train"], args.single_share, args.caption_noise, args.relation_share)
     sizes = {k: v for k, v in (("width", args.width), ("depth", args.depth), ("heads", args.heads),
                                ("text_depth", args.text_depth), ("segments", args.segments or None),
-                               ("pooled_text", None if args.pooled_text else False)) if v is not None}
+                               ("pooled_text", None if args.pooled_text else False),
+                               ("word_pos_std", args.word_pos_std)) if v is not None}
     cfg = ShapesNetConfig(**sizes) if args.latent == "pixels" else ShapesNetConfig(arch="dit", latent="scene", patch=1, prediction="v", grid=args.grid, **sizes)
     if args.only in ("generator", "understanding") and (out / META_FILE).exists():
         # the other part's weights stay: so does its half of the config they were built with

@@ -332,18 +332,20 @@ def test_evaluation_images_do_not_depend_on_following_progress(checkpoint, monke
 
 
 def test_text_encoder_switches_are_off_by_default_and_round_trip_when_on(tmp_path):
-    """``text_depth``, ``segments`` and ``pooled_text`` (session 20's binding experiments): off,
-    the network has exactly the old parameters (shipped checkpoints load); on, each adds or
-    drops what it says and survives a save and load."""
+    """``text_depth``, ``segments``, ``pooled_text`` and ``word_pos_std`` (session 20's binding
+    experiments): off, the network has exactly the old parameters (shipped checkpoints load);
+    on, each adds, drops or rescales what it says and survives a save and load."""
     plain = ShapesGenerator(SMALL, GEN, seed=5).net
     assert not any(k.startswith(("text_blocks", "segment_emb")) for k in plain.state_dict())
     x = torch.randn(2, *ShapesGenerator(SMALL, GEN).latent_shape)
-    for extra in ({"text_depth": 2}, {"segments": True}, {"pooled_text": False}):
+    assert float(plain.word_pos.detach().std()) < 0.05
+    for extra in ({"text_depth": 2}, {"segments": True}, {"pooled_text": False}, {"word_pos_std": 1.0}):
         cfg = dataclasses.replace(SMALL, **extra)
         gen = ShapesGenerator(cfg, GEN, seed=5)
         keys = set(gen.net.state_dict())
         assert any(k.startswith("text_blocks.1.") for k in keys) == ("text_depth" in extra)
         assert ("segment_emb.weight" in keys) == ("segments" in extra)
+        assert (float(gen.net.word_pos.detach().std()) > 0.5) == ("word_pos_std" in extra)
         cond = gen.encode_prompts(["a red circle and two stars", "one blue square"])
         v = gen.predict_velocity(x, torch.tensor([0.3, 0.9]), cond)
         gen.save_pretrained(tmp_path / str(extra))
