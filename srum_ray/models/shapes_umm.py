@@ -137,9 +137,8 @@ class ShapesNetConfig:
     #: modulate every block by the mean of the prompt's word embeddings as well as the time
     #: (off: the prompt reaches the image only through attention, as in PixArt)
     pooled_text: bool = True
-    #: standard deviation the word position embeddings start at (0.02: 25 times below the word
-    #: embeddings' row norm after LayerNorm scaling, so word order barely registers; 1.0: the
-    #: word embeddings' own scale)
+    #: standard deviation the word position embeddings start at (0.02: 50 times below the word
+    #: embeddings' N(0, 1), so word order barely registers; 1.0: the word embeddings' own scale)
     word_pos_std: float = 0.02
 
     def __post_init__(self) -> None:
