@@ -357,7 +357,7 @@ def test_text_encoder_switches_are_off_by_default_and_round_trip_when_on(tmp_pat
 
 
 def test_segments_number_the_object_phrases_and_pooled_text_off_leaves_time_only():
-    from srum_ray.models.shapes_umm import _condition, phrase_index
+    from srum_ray.models.shapes_nets import _condition, phrase_index
 
     gen = ShapesGenerator(dataclasses.replace(SMALL, segments=True, pooled_text=False), GEN, seed=6)
     words = gen.tokenizer(["a red circle and two stars left of one square", "an orange star"])
